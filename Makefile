@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both create .venv on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench paper-broker worker clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(PY) -m engine.demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: venv
+	$(PY) -m engine.bench
+
+paper-broker: venv
+	$(VENV)/bin/paper-broker --host 127.0.0.1 --port 8700
+
+worker: venv
+	$(PY) worker.py
+
+clean:
+	rm -rf $(VENV) data build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared pieces of the execution engine: settings, identifiers, payload models."""

@@ -1,0 +1,55 @@
+"""The engine's settings: read from the environment once, then passed down.
+
+The Temporal connection itself (address, namespace, API key, TLS, profiles) follows Temporal's own
+conventions through `temporalio.envconfig.ClientConfig`; see `engine.temporal.connect`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Store. SQLite under ./data is the embedded default; production uses postgresql+asyncpg://.
+    database_url: str = f"sqlite+aiosqlite:///{DATA_DIR}/engine.db"
+    # Key that encrypts broker credentials at rest (Fernet, urlsafe base64 of 32 bytes). Unset in the
+    # embedded mode: a key is generated once into ./data/secret.key.
+    engine_secret_key: str | None = Field(default=None, repr=False)
+
+    # Temporal.
+    task_queue: str = "orders"
+
+    # Orders.
+    order_retry_attempts: int = Field(default=5, ge=1)
+    order_timeout_seconds: float = Field(default=60.0, gt=0)
+    order_poll_interval_seconds: float = Field(default=0.25, gt=0)
+    market_protection: int = -1
+    enforce_market_hours: bool = True
+
+    # Broker. KITE_ROOT points the official client at another host (the paper broker).
+    kite_root: str | None = None
+    broker_http_timeout_seconds: float = Field(default=7.0, gt=0)
+    broker_orders_per_second: int = Field(default=10, ge=1)
+
+    # Alerts.
+    alert_webhook_url: str | None = None
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def retry_window_seconds(self) -> float:
+        """How long a retry after an ambiguous failure waits before it trusts a "not found"."""
+        return self.broker_http_timeout_seconds + 1.0
+
+
+MONEY_QUANT = Decimal("0.01")
