@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     order_poll_interval_seconds: float = Field(default=0.25, gt=0)
     market_protection: int = -1
     enforce_market_hours: bool = True
+    # Comma-separated ISO dates on which NSE is closed, e.g. "2026-01-26,2026-03-03".
+    nse_holidays: str | None = None
 
     # Broker. KITE_ROOT points the official client at another host (the paper broker).
     kite_root: str | None = None

@@ -1,0 +1,58 @@
+"""The Temporal connection, data converter and search attributes, in one place.
+
+The connection follows Temporal's own conventions (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`,
+`TEMPORAL_API_KEY`, TLS settings and profiles, read by `temporalio.envconfig.ClientConfig`), so a user's
+existing setup just works. Payloads are pydantic models; with `PAYLOAD_CODEC_KEYS` set they are
+encrypted by the payload codec before they reach the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
+
+DEFAULT_ADDRESS = "localhost:7233"
+
+STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
+USER_ID = SearchAttributeKey.for_keyword("UserId")
+ORDER_TYPE = SearchAttributeKey.for_keyword("OrderType")
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+SYMBOL = SearchAttributeKey.for_keyword("Symbol")
+BROKER_ORDER_ID = SearchAttributeKey.for_keyword("BrokerOrderId")
+
+SEARCH_ATTRIBUTES = (STRATEGY_ID, USER_ID, ORDER_TYPE, ORDER_STATUS, SYMBOL, BROKER_ORDER_ID)
+
+
+def data_converter(environ: Mapping[str, str] | None = None) -> DataConverter:
+    """Pydantic payloads, encrypted when the environment holds codec keys."""
+    from engine.codec import codec_from_env
+
+    codec = codec_from_env(os.environ if environ is None else environ)
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
+
+
+def connect_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Client.connect keyword arguments from Temporal's environment conventions."""
+    from temporalio.envconfig import ClientConfig
+
+    env = dict(os.environ if environ is None else environ)
+    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config(override_env_vars=env))
+    config.setdefault("target_host", DEFAULT_ADDRESS)
+    config.setdefault("namespace", "default")
+    return config
+
+
+async def connect(address: str | None = None, environ: Mapping[str, str] | None = None) -> Client:
+    config = connect_config(environ)
+    if address:
+        config["target_host"] = address
+    return await Client.connect(data_converter=data_converter(environ), **config)
