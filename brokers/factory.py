@@ -1,0 +1,60 @@
+"""Brokers by credentials: activities ask for the broker of a user's api_key and access token."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Protocol
+
+from brokers.base import Broker
+from brokers.kite import KiteBroker
+from engine.settings import Settings
+
+
+class BrokerFactory(Protocol):
+    """What activities receive at worker start to reach a user's broker account."""
+
+    def for_credentials(self, api_key: str, access_token: str) -> Broker: ...
+
+
+class KiteBrokerFactory:
+    """One `KiteBroker` per api_key, kept while its access token stays the same.
+
+    A new token for the same api_key (the daily re-login) replaces the cached broker; the old one is
+    not closed, since a call may still be using it, and is released when the last user drops it.
+    """
+
+    def __init__(self, settings: Settings):
+        self._root = settings.kite_root
+        self._timeout = settings.broker_http_timeout_seconds
+        self._orders_per_second = settings.broker_orders_per_second
+        self._brokers: dict[str, tuple[str, KiteBroker]] = {}
+        # Sync activities may call from several threads.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"KiteBrokerFactory(root={self._root!r}, cached={len(self._brokers)})"
+
+    def for_credentials(self, api_key: str, access_token: str) -> KiteBroker:
+        token_hash = hashlib.sha256(access_token.encode()).hexdigest()
+        with self._lock:
+            cached = self._brokers.get(api_key)
+            if cached is not None and cached[0] == token_hash:
+                return cached[1]
+            broker = KiteBroker(
+                api_key,
+                access_token,
+                root=self._root,
+                timeout=self._timeout,
+                orders_per_second=self._orders_per_second,
+            )
+            self._brokers[api_key] = (token_hash, broker)
+            return broker
+
+    def close(self) -> None:
+        """Close every cached broker (worker shutdown)."""
+        with self._lock:
+            brokers = [broker for _, broker in self._brokers.values()]
+            self._brokers.clear()
+        for broker in brokers:
+            broker.close()
