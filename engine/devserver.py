@@ -92,7 +92,7 @@ class DevServer:
             self.port = free_port()
         if self.db_file:
             Path(self.db_file).parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         args = dev_server_args(
             self.port, self.ui_port, self.db_file, task_queue_partitions=self.task_queue_partitions
         )

@@ -33,6 +33,12 @@ class Outcome(StrEnum):
     CANCELLED = "CANCELLED"  # cancelled with nothing filled
     INVALID = "INVALID"  # refused by validation; nothing reached the broker
     FAILED = "FAILED"  # placement failed after retries; nothing reached the broker
+    UNRESOLVED = "UNRESOLVED"  # the broker never confirmed a final state: a person must look
+
+
+# Outcomes after which nothing of the order is live at the broker and nothing was filled: the intent
+# may be tried again under the same workflow id.
+RETRYABLE_OUTCOMES = frozenset({Outcome.REJECTED, Outcome.CANCELLED, Outcome.INVALID, Outcome.FAILED})
 
 
 class BeginOrder(BaseModel):
@@ -41,6 +47,16 @@ class BeginOrder(BaseModel):
     run_id: str
     order_key: str
     tag: str
+
+
+class OrderPolicy(BaseModel):
+    """The worker's order settings, recorded in history with the ticket so that replays agree."""
+
+    timeout_seconds: float
+    retry_attempts: int
+    poll_interval_seconds: float
+    broker_timeout_seconds: float
+    market_protection: int | None = None
 
 
 class OrderTicket(BaseModel):
@@ -55,11 +71,11 @@ class OrderTicket(BaseModel):
     quantity: int
     product: str
     tag: str
+    policy: OrderPolicy
 
 
 class PlaceOrder(BaseModel):
     ticket: OrderTicket
-    market_protection: int | None = None
 
 
 class Placement(BaseModel):

@@ -1,0 +1,407 @@
+"""The order workflow's side effects: validation and audit in the store, the broker calls.
+
+`OrderActivities` receives its dependencies at worker start (store, broker factory, settings,
+calendar); nothing here is a module-level singleton, so tests build it with a real paper broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.order_book import OrderBookWatcher
+from brokers.base import Broker, BrokerOrder, OrderRequest, is_terminal
+from brokers.errors import (
+    AmbiguousBrokerError,
+    BrokerError,
+    DefinitiveBrokerError,
+    RateLimitedError,
+    SessionExpiredError,
+)
+from engine import errors
+from engine.events import EventBus
+from engine.ids import OrderType
+from engine.market_hours import MarketCalendar
+from engine.models import (
+    BeginOrder,
+    BrokerOrderState,
+    CancelAnswer,
+    CancelAtBroker,
+    FinishOrder,
+    FollowOrder,
+    FollowResult,
+    OrderPolicy,
+    OrderTicket,
+    Outcome,
+    Placement,
+    PlaceOrder,
+)
+from engine.order_state import supersedes
+from engine.settings import Settings
+from store import Store
+from store.errors import CredentialsMissing, OrderInFlight, StoreError, StrategyNotFound
+from store.records import Fill, NewOrder, StrategyRecord
+
+log = logging.getLogger(__name__)
+
+RATE_LIMIT_BACKOFF = timedelta(seconds=1)
+
+
+class BrokerFactory(Protocol):
+    def for_credentials(self, api_key: str, access_token: str) -> Broker: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_state(order: BrokerOrder) -> BrokerOrderState:
+    return BrokerOrderState(
+        order_id=order.order_id,
+        status=order.status,
+        quantity=order.quantity,
+        filled_quantity=order.filled_quantity,
+        pending_quantity=order.pending_quantity,
+        average_price=order.average_price,
+        status_message=order.status_message,
+    )
+
+
+def _may_have_placed(error: BrokerError) -> bool:
+    if isinstance(error, AmbiguousBrokerError):
+        return error.may_have_reached_broker
+    return False  # a definitive answer or a 429: the broker placed nothing
+
+
+def broker_failure(error: BrokerError, *, sent_at: datetime | None, window: float) -> ApplicationError:
+    """The Temporal form of a broker failure: its retry class decides whether and when to retry."""
+    message = error.broker_message or error.message
+    if isinstance(error, SessionExpiredError):
+        return ApplicationError(
+            f"broker session expired, re-login needed: {message}",
+            type=errors.SESSION_EXPIRED,
+            non_retryable=True,
+        )
+    if isinstance(error, DefinitiveBrokerError):
+        return ApplicationError(message, type=errors.BROKER_REFUSED, non_retryable=True)
+    if isinstance(error, RateLimitedError):
+        return ApplicationError(message, type=errors.RATE_LIMITED, next_retry_delay=RATE_LIMIT_BACKOFF)
+    # Ambiguous: the order may exist. The retry looks it up by tag, and only after the first request's
+    # window has passed, so a late arrival at the broker cannot hide from the lookup.
+    delay = timedelta(0)
+    if sent_at is not None and getattr(error, "may_have_reached_broker", True):
+        delay = max(timedelta(0), sent_at + timedelta(seconds=window) - _now())
+    return ApplicationError(
+        f"broker outcome unknown: {message}", type=errors.BROKER_AMBIGUOUS, next_retry_delay=delay or None
+    )
+
+
+class OrderActivities:
+    def __init__(
+        self,
+        store: Store,
+        brokers: BrokerFactory,
+        settings: Settings,
+        calendar: MarketCalendar | None = None,
+        events: EventBus | None = None,
+    ):
+        self.store = store
+        self.brokers = brokers
+        self.settings = settings
+        self.calendar = calendar or MarketCalendar()
+        self.events = events or EventBus()
+        self.watcher = OrderBookWatcher(settings.order_poll_interval_seconds)
+
+    async def _broker(self, account_id: int) -> Broker:
+        try:
+            credentials = await self.store.broker_credentials(account_id)
+        except CredentialsMissing as missing:
+            raise ApplicationError(str(missing), type=errors.SESSION_EXPIRED, non_retryable=True) from None
+        return self.brokers.for_credentials(credentials.api_key, credentials.access_token)
+
+    # 1 + 2. Validate and record the attempt, under the strategy's row lock.
+
+    @activity.defn(name="begin_order")
+    async def begin_order(self, request: BeginOrder) -> OrderTicket:
+        intent = request.intent
+        try:
+            strategy = await self.store.get_strategy(intent.strategy_id)
+        except StrategyNotFound as missing:
+            raise ApplicationError(str(missing), type=errors.VALIDATION_FAILED, non_retryable=True) from None
+        quantity = strategy.quantity if intent.order_type is OrderType.BUY else strategy.open_quantity
+        new_order = NewOrder(
+            workflow_id=request.order_key,
+            strategy_id=strategy.id,
+            user_id=intent.user_id,
+            order_type=intent.order_type.value,
+            transaction_type=intent.order_type.transaction_type,
+            quantity=quantity,
+            symbol=strategy.symbol,
+            exchange=strategy.exchange,
+            tag=request.tag,
+            trigger_price=intent.trigger_price,
+            requested_by=intent.requested_by,
+            reason=intent.reason,
+            order_data={
+                "workflow_id": request.workflow_id,
+                "run_id": request.run_id,
+                "product": strategy.product,
+                "order_type": "MARKET",
+                "quantity": quantity,
+                "trigger_price": str(intent.trigger_price) if intent.trigger_price is not None else None,
+            },
+        )
+
+        def validate(locked: StrategyRecord) -> None:
+            self.validate(intent.order_type, intent.user_id, locked, quantity, _now())
+
+        try:
+            await self.store.begin_order(new_order, validate)
+        except errors.ValidationFailed as refused:
+            raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None
+        except OrderInFlight as busy:
+            raise ApplicationError(str(busy), type=errors.ORDER_IN_FLIGHT, non_retryable=True) from None
+        return OrderTicket(
+            order_key=request.order_key,
+            strategy_id=strategy.id,
+            broker_account_id=strategy.broker_account_id,
+            symbol=strategy.symbol,
+            exchange=strategy.exchange,
+            transaction_type=intent.order_type.transaction_type,
+            quantity=quantity,
+            product=strategy.product,
+            tag=request.tag,
+            policy=OrderPolicy(
+                timeout_seconds=self.settings.order_timeout_seconds,
+                retry_attempts=self.settings.order_retry_attempts,
+                poll_interval_seconds=self.settings.order_poll_interval_seconds,
+                broker_timeout_seconds=self.settings.broker_http_timeout_seconds,
+                market_protection=self.settings.market_protection,
+            ),
+        )
+
+    def validate(
+        self, order_type: OrderType, user_id: int, strategy: StrategyRecord, quantity: int, now: datetime
+    ) -> None:
+        """Each rule with its own message; raises ValidationFailed."""
+        name = f"strategy {strategy.id} ({strategy.name})"
+        if strategy.user_id != user_id:
+            raise errors.ValidationFailed(f"{name} does not belong to user {user_id}")
+        if strategy.status != "RUNNING":
+            raise errors.ValidationFailed(f"{name} is {strategy.status}, not RUNNING: start it to trade")
+        if not strategy.symbol:
+            raise errors.ValidationFailed(f"{name} has no symbol: set the instrument to trade")
+        if order_type is OrderType.BUY:
+            if strategy.open_quantity > 0:
+                raise errors.ValidationFailed(
+                    f"{name} already holds {strategy.open_quantity} {strategy.symbol}: "
+                    "a BUY needs no open position"
+                )
+            if strategy.needs_intervention:
+                raise errors.ValidationFailed(
+                    f"{name} needs manual intervention ({strategy.intervention_reason}): "
+                    "clear it before a new entry"
+                )
+        elif strategy.open_quantity <= 0:
+            raise errors.ValidationFailed(f"{name} holds no open position: there is nothing to sell")
+        if quantity <= 0:
+            raise errors.ValidationFailed(f"{name} has quantity {quantity}: set a quantity above 0")
+        if self.settings.enforce_market_hours and not self.calendar.is_open(now):
+            raise errors.ValidationFailed(
+                f"the market is closed at {now.astimezone().isoformat(timespec='seconds')}: "
+                "NSE trades 09:15–15:30 IST on trading days"
+            )
+
+    # 3. Place exactly once.
+
+    @activity.defn(name="place_order_once")
+    async def place_order_once(self, request: PlaceOrder) -> Placement:
+        ticket = request.ticket
+        broker = await self._broker(ticket.broker_account_id)
+        window = self.settings.retry_window_seconds
+        existing = await self._reconcile(ticket, broker)
+        if existing is not None:
+            return existing
+        order_request = OrderRequest(
+            exchange=ticket.exchange,
+            tradingsymbol=ticket.symbol,
+            transaction_type=ticket.transaction_type,
+            quantity=ticket.quantity,
+            product=ticket.product,
+            order_type="MARKET",
+            tag=ticket.tag,
+            market_protection=ticket.policy.market_protection,
+        )
+        sent_at = _now()
+        await self.store.set_placement_started(ticket.order_key, sent_at)
+        try:
+            order_id = await broker.place_order(order_request)
+        except BrokerError as error:
+            if not _may_have_placed(error):
+                await self.store.set_placement_started(ticket.order_key, None)
+            raise broker_failure(error, sent_at=sent_at, window=window) from None
+        await self.store.record_placement(ticket.order_key, order_id, sent_at, adopted=False)
+        await self.store.append_order_event(
+            ticket.order_key, "PLACED", {"broker_order_id": order_id, "tag": ticket.tag}
+        )
+        return Placement(broker_order_id=order_id, adopted=False)
+
+    @activity.defn(name="find_placed_order")
+    async def find_placed_order(self, ticket: OrderTicket) -> Placement | None:
+        """After the last placement attempt failed ambiguously: is the order at the broker after all?"""
+        return await self._reconcile(ticket, await self._broker(ticket.broker_account_id))
+
+    async def _reconcile(self, ticket: OrderTicket, broker: Broker) -> Placement | None:
+        """If an earlier attempt may have reached the broker, find its order by tag and adopt it.
+
+        A "not found" is trusted only once the earlier request's window has passed.
+        """
+        window = self.settings.retry_window_seconds
+        previous_send = await self.store.placement_started_at(ticket.order_key)
+        if previous_send is None:
+            return None
+        wait = (previous_send + timedelta(seconds=window) - _now()).total_seconds()
+        if wait > 0:
+            raise ApplicationError(
+                f"an earlier placement attempt may still reach the broker; looking it up in {wait:.1f}s",
+                type=errors.BROKER_AMBIGUOUS,
+                next_retry_delay=timedelta(seconds=wait),
+            )
+        try:
+            existing = await broker.find_order_by_tag(ticket.tag)
+        except BrokerError as error:
+            raise broker_failure(error, sent_at=None, window=window) from None
+        if existing is None:
+            return None
+        await self.store.record_placement(ticket.order_key, existing.order_id, _now(), adopted=True)
+        await self.store.append_order_event(
+            ticket.order_key, "ADOPTED", {"broker_order_id": existing.order_id, "tag": ticket.tag}
+        )
+        return Placement(broker_order_id=existing.order_id, adopted=True)
+
+    # 4. Follow to a terminal state.
+
+    @activity.defn(name="follow_order")
+    async def follow_order(self, request: FollowOrder) -> FollowResult:
+        ticket = request.ticket
+        details = activity.info().heartbeat_details
+        current: BrokerOrderState | None = request.last_known
+        if details:
+            current = BrokerOrderState.model_validate(details[0])
+        version = 0
+        misses = 0
+        while True:
+            broker = await self._broker(ticket.broker_account_id)
+            try:
+                version, order = await self.watcher.next_snapshot(
+                    str(ticket.broker_account_id),
+                    broker,
+                    request.broker_order_id,
+                    version,
+                    timeout=max(1.0, request.poll_interval_seconds * 4),
+                )
+                if order is None:
+                    misses += 1
+                    if misses >= 3:  # not in the book snapshot yet: ask for the order itself
+                        order = await broker.order_status(request.broker_order_id)
+            except SessionExpiredError as expired:
+                raise broker_failure(expired, sent_at=None, window=0) from None
+            except DefinitiveBrokerError as refused:
+                raise broker_failure(refused, sent_at=None, window=0) from None
+            except BrokerError as passing:
+                log.info("following %s: %s; polling on", request.broker_order_id, passing)
+                order = None
+            if order is not None:
+                update = to_state(order)
+                if current is None or supersedes(
+                    current.status, current.filled_quantity, update.status, update.filled_quantity
+                ):
+                    current = update
+                    await self._record_update(ticket.order_key, current)
+            activity.heartbeat(current)
+            if current is not None and is_terminal(current.status):
+                return FollowResult(state=current)
+            if _now() >= request.deadline and current is not None:
+                return FollowResult(state=current, timed_out=True)
+
+    async def _record_update(self, order_key: str, state: BrokerOrderState) -> None:
+        applied = await self.store.record_order_update(
+            order_key, state.status, state.filled_quantity, state.average_price, None
+        )
+        if applied:
+            await self.store.append_order_event(order_key, "STATUS", state.model_dump(mode="json"))
+
+    # Cancel at the broker (timeout, or a person's cancel).
+
+    @activity.defn(name="cancel_at_broker")
+    async def cancel_at_broker(self, request: CancelAtBroker) -> CancelAnswer:
+        broker = await self._broker(request.ticket.broker_account_id)
+        try:
+            await broker.cancel_order(request.broker_order_id)
+        except (SessionExpiredError, RateLimitedError, AmbiguousBrokerError) as error:
+            raise broker_failure(error, sent_at=None, window=0) from None
+        except DefinitiveBrokerError as refused:
+            # Usually: the order is already complete, rejected or cancelled. Following it tells which.
+            message = refused.broker_message or refused.message
+            await self.store.append_order_event(request.ticket.order_key, "CANCEL_REFUSED", {"message": message})
+            return CancelAnswer(accepted=False, message=message)
+        await self.store.append_order_event(
+            request.ticket.order_key, "CANCEL_SENT", {"broker_order_id": request.broker_order_id}
+        )
+        return CancelAnswer(accepted=True, message="cancel accepted by the broker")
+
+    # 5 + 6 + 7. Apply the result to the strategy, record it, publish the event.
+
+    @activity.defn(name="finish_order")
+    async def finish_order(self, request: FinishOrder) -> None:
+        state = request.state
+        now = _now()
+        if state is not None and state.filled_quantity > 0:
+            await self.store.apply_fill(
+                Fill(
+                    workflow_id=request.order_key,
+                    filled_quantity=state.filled_quantity,
+                    average_price=state.average_price,
+                    status=state.status,
+                    filled_at=now,
+                )
+            )
+        if request.needs_intervention:
+            await self.store.mark_intervention(request.strategy_id, request.intervention_reason or "see order")
+        audit_outcome = {
+            Outcome.FILLED: "SUCCESS",
+            Outcome.PARTIALLY_FILLED: "SUCCESS",
+            Outcome.REJECTED: "FAILED",
+            Outcome.CANCELLED: "FAILED",
+            Outcome.INVALID: "FAILED",
+            Outcome.FAILED: "ERROR",
+        }[request.outcome]
+        result: dict[str, Any] = {"outcome": request.outcome.value}
+        if state is not None:
+            result.update(state.model_dump(mode="json"))
+        try:
+            await self.store.finish_order(
+                request.order_key,
+                audit_outcome,
+                state.status if state is not None else request.outcome.value,
+                result,
+                request.error,
+                now,
+            )
+        except StoreError as error:
+            if not error.retryable:
+                raise ApplicationError(str(error), type=type(error).__name__, non_retryable=True) from None
+            raise
+        event = {
+            "type": "ORDER_EXECUTED",
+            "order_key": request.order_key,
+            "strategy_id": request.strategy_id,
+            "order_type": request.order_type.value,
+            **result,
+        }
+        await self.store.append_order_event(request.order_key, "ORDER_EXECUTED", event)
+        self.events.publish(event)

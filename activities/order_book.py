@@ -1,0 +1,77 @@
+"""Follows orders through one order-book poll per broker account, however many orders are in flight.
+
+Kite allows about 10 requests per second per account on its read endpoints too: polling each order on
+its own would exhaust that with a handful of orders. Every follower of an account waits on the same
+snapshot of `GET /orders`, fetched while at least one follower is waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from brokers.base import Broker, BrokerOrder
+from brokers.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _AccountBook:
+    broker: Broker
+    orders: dict[str, BrokerOrder] = field(default_factory=dict)
+    version: int = 0
+    followers: int = 0
+    last_error: BrokerError | None = None
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    poller: asyncio.Task[None] | None = None
+
+
+class OrderBookWatcher:
+    def __init__(self, interval_seconds: float):
+        self.interval = interval_seconds
+        self._books: dict[str, _AccountBook] = {}
+
+    async def next_snapshot(
+        self, account: str, broker: Broker, order_id: str, seen_version: int, timeout: float
+    ) -> tuple[int, BrokerOrder | None]:
+        """Wait for a snapshot newer than `seen_version` (or `timeout`); return it with this order's state.
+
+        Raises the poller's last `BrokerError` when the newest fetch failed, so the caller decides.
+        """
+        book = self._books.get(account)
+        if book is None:
+            book = self._books[account] = _AccountBook(broker=broker)
+        book.broker = broker  # a fresher session replaces an expired one
+        book.followers += 1
+        try:
+            if book.poller is None or book.poller.done():
+                book.poller = asyncio.create_task(self._poll(account, book))
+            async with book.changed:
+                try:
+                    await asyncio.wait_for(
+                        book.changed.wait_for(lambda: book.version > seen_version), timeout
+                    )
+                except TimeoutError:
+                    pass
+            if book.last_error is not None:
+                raise book.last_error
+            return book.version, book.orders.get(order_id)
+        finally:
+            book.followers -= 1
+
+    async def _poll(self, account: str, book: _AccountBook) -> None:
+        while book.followers > 0:
+            try:
+                orders = await book.broker.orders()
+                book.orders = {order.order_id: order for order in orders}
+                book.last_error = None
+            except BrokerError as error:
+                log.warning("order book poll for account %s failed: %s", account, error)
+                book.last_error = error
+            async with book.changed:
+                book.version += 1
+                book.changed.notify_all()
+            await asyncio.sleep(self.interval)
+        book.poller = None

@@ -1,0 +1,132 @@
+"""Starting order workflows: the entry points every starter (API, CLI, schedules, listeners) uses.
+
+`place_buy_order(strategy)`, `place_sell_order(strategy)` and `place_sl_sell_order(strategy,
+trigger_price)` start one `OrderWorkflow` under the intent's workflow id. Temporal refuses a second start
+of the same id while one runs, and after one that succeeded: a repeated trigger raises
+`DuplicateOrderError` naming the workflow that already handles it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    Priority,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from engine.errors import DuplicateOrderError
+from engine.ids import OrderType, order_workflow_id
+from engine.models import OrderIntent, OrderResult
+from engine.settings import Settings
+from engine.temporal import ORDER_STATUS, ORDER_TYPE, STRATEGY_ID, SYMBOL, USER_ID
+from store import Store
+from store.records import StrategyRecord
+from workflows.order import OrderWorkflow
+
+STOP_LOSS_PRIORITY = 1  # lower runs first; stop-losses overtake routine entries and exits
+ROUTINE_PRIORITY = 3
+
+OrderHandle = WorkflowHandle[OrderWorkflow, OrderResult]
+
+
+def intent_workflow_id(strategy: StrategyRecord, order_type: OrderType) -> str:
+    """The entry leg is the current cycle's; an exit belongs to the open position's cycle, or, when flat,
+    to the cycle that just closed — so a repeated exit finds the completed one and is refused."""
+    cycle = strategy.position_cycle
+    if order_type is not OrderType.BUY and strategy.open_quantity <= 0:
+        cycle -= 1
+    return order_workflow_id(strategy.id, cycle, order_type)
+
+
+class OrderStarter:
+    def __init__(self, client: Client, store: Store, settings: Settings):
+        self.client = client
+        self.store = store
+        self.settings = settings
+
+    async def place_buy_order(
+        self, strategy: StrategyRecord | int, *, requested_by: str = "system", reason: str | None = None
+    ) -> OrderHandle:
+        return await self.start_order(strategy, OrderType.BUY, requested_by=requested_by, reason=reason)
+
+    async def place_sell_order(
+        self, strategy: StrategyRecord | int, *, requested_by: str = "system", reason: str | None = None
+    ) -> OrderHandle:
+        return await self.start_order(strategy, OrderType.SELL, requested_by=requested_by, reason=reason)
+
+    async def place_sl_sell_order(
+        self,
+        strategy: StrategyRecord | int,
+        trigger_price: Decimal,
+        *,
+        requested_by: str = "market-data",
+        reason: str | None = None,
+    ) -> OrderHandle:
+        if not isinstance(trigger_price, Decimal):
+            raise TypeError(f"trigger_price must be a Decimal, got {type(trigger_price).__name__}")
+        return await self.start_order(
+            strategy,
+            OrderType.SL_SELL,
+            trigger_price=trigger_price,
+            requested_by=requested_by,
+            reason=reason or f"stop-loss triggered at {trigger_price}",
+        )
+
+    async def start_order(
+        self,
+        strategy: StrategyRecord | int,
+        order_type: OrderType,
+        *,
+        trigger_price: Decimal | None = None,
+        requested_by: str = "system",
+        reason: str | None = None,
+    ) -> OrderHandle:
+        record = strategy if isinstance(strategy, StrategyRecord) else await self.store.get_strategy(strategy)
+        workflow_id = intent_workflow_id(record, order_type)
+        intent = OrderIntent(
+            strategy_id=record.id,
+            user_id=record.user_id,
+            order_type=order_type,
+            trigger_price=trigger_price,
+            requested_by=requested_by,
+            reason=reason,
+        )
+        quantity = record.quantity if order_type is OrderType.BUY else record.open_quantity
+        try:
+            return await self.client.start_workflow(
+                OrderWorkflow.run,
+                intent,
+                id=workflow_id,
+                task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                # A replay after a crash re-runs the placement; the task timeout outlasts a broker request.
+                task_timeout=timedelta(seconds=max(10.0, self.settings.broker_http_timeout_seconds + 3)),
+                search_attributes=TypedSearchAttributes(
+                    [
+                        STRATEGY_ID.value_set(str(record.id)),
+                        USER_ID.value_set(str(record.user_id)),
+                        ORDER_TYPE.value_set(order_type.value),
+                        SYMBOL.value_set(record.symbol),
+                        ORDER_STATUS.value_set("STARTED"),
+                    ]
+                ),
+                static_summary=f"{order_type} {quantity} {record.symbol} for strategy {record.id} ({record.name})",
+                static_details=f"requested by {requested_by}" + (f": {reason}" if reason else ""),
+                priority=Priority(
+                    priority_key=STOP_LOSS_PRIORITY if order_type is OrderType.SL_SELL else ROUTINE_PRIORITY,
+                    fairness_key=f"account-{record.broker_account_id}",
+                ),
+                request_eager_start=True,
+            )
+        except WorkflowAlreadyStartedError:
+            existing = self.client.get_workflow_handle(workflow_id)
+            description = await existing.describe()
+            status = description.status.name if description.status else "UNKNOWN"
+            raise DuplicateOrderError(workflow_id, status) from None

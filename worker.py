@@ -1,0 +1,101 @@
+"""The worker: runs order workflows and their activities, configured from the environment.
+
+    python worker.py
+
+Workers are stateless: run as many as you like against one Temporal cluster and one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.alerts import AlertActivities
+from activities.order import BrokerFactory, OrderActivities
+from brokers.factory import KiteBrokerFactory
+from engine.events import EventBus
+from engine.market_hours import MarketCalendar, parse_holidays
+from engine.settings import Settings
+from engine.temporal import connect
+from store import Store
+from workflows.order import OrderWorkflow
+
+log = logging.getLogger("engine.worker")
+
+WORKFLOWS = [OrderWorkflow]
+
+
+@dataclass
+class WorkerParts:
+    order_activities: OrderActivities
+    alert_activities: AlertActivities
+
+    def activities(self) -> list:
+        orders, alerts = self.order_activities, self.alert_activities
+        return [
+            orders.begin_order,
+            orders.place_order_once,
+            orders.find_placed_order,
+            orders.follow_order,
+            orders.cancel_at_broker,
+            orders.finish_order,
+            alerts.log_alert,
+            alerts.post_alert_webhook,
+        ]
+
+
+def build_worker(
+    client: Client,
+    store: Store,
+    settings: Settings,
+    *,
+    brokers: BrokerFactory | None = None,
+    events: EventBus | None = None,
+    task_queue: str | None = None,
+) -> tuple[Worker, WorkerParts]:
+    parts = WorkerParts(
+        order_activities=OrderActivities(
+            store,
+            brokers or KiteBrokerFactory(settings),
+            settings,
+            MarketCalendar(parse_holidays(settings.nse_holidays)),
+            events,
+        ),
+        alert_activities=AlertActivities(settings.alert_webhook_url),
+    )
+    worker = Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=parts.activities(),
+        # Following an order is an async activity that mostly waits: thousands fit in one worker.
+        max_concurrent_activities=2000,
+        max_concurrent_local_activities=500,
+        max_cached_workflows=2000,
+    )
+    return worker, parts
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings()
+    store = await Store.connect(settings.database_url, settings.engine_secret_key)
+    client = await connect()
+    worker, _ = build_worker(client, store, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker polling task queue %r", settings.task_queue)
+    async with worker:
+        await stop.wait()
+    await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,393 @@
+"""OrderWorkflow: one order, from intent to a recorded result, exactly once.
+
+validate + record the attempt → place once → follow to COMPLETE / REJECTED / CANCELLED (cancel on
+timeout or request) → apply the fill, record the result, publish the event → alert when needed.
+
+The steps before the order leaves are local activities in the first workflow task: no round trip to
+the server stands between a trigger and the broker. A run that ends with nothing filled fails, so the
+same intent may be tried again under the same workflow id; a run that filled anything completes, and
+its workflow id then refuses every repeat.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.alerts import AlertActivities
+    from activities.order import OrderActivities
+    from engine import errors
+    from engine.ids import OrderType, broker_tag, order_key
+    from engine.models import (
+        RETRYABLE_OUTCOMES,
+        Alert,
+        AlertLevel,
+        BeginOrder,
+        BrokerOrderState,
+        CancelAnswer,
+        CancelAtBroker,
+        FinishOrder,
+        FollowOrder,
+        FollowResult,
+        OrderIntent,
+        OrderResult,
+        OrderStatusView,
+        OrderTicket,
+        Outcome,
+        PlaceOrder,
+    )
+    from engine.temporal import BROKER_ORDER_ID, ORDER_STATUS
+
+STORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=10,
+    non_retryable_error_types=list(errors.NOT_RETRYABLE),
+)
+BROKER_CALL_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+    non_retryable_error_types=[errors.BROKER_REFUSED, errors.SESSION_EXPIRED],
+)
+# After a cancel, how long the broker gets to confirm a terminal state before a person is asked.
+CANCEL_GRACE = timedelta(seconds=30)
+
+
+def outcome_of(state: BrokerOrderState) -> Outcome:
+    if state.status == "COMPLETE":
+        return Outcome.FILLED
+    if state.filled_quantity > 0:
+        return Outcome.PARTIALLY_FILLED
+    if state.status == "REJECTED":
+        return Outcome.REJECTED
+    return Outcome.CANCELLED
+
+
+def _cause(error: BaseException) -> ApplicationError | None:
+    cause = error.cause if isinstance(error, ActivityError) else error
+    return cause if isinstance(cause, ApplicationError) else None
+
+
+@workflow.defn(name="OrderWorkflow")
+class OrderWorkflow:
+    def __init__(self) -> None:
+        self._intent: OrderIntent | None = None
+        self._stage = "starting"
+        self._ticket: OrderTicket | None = None
+        self._broker_order_id: str | None = None
+        self._state: BrokerOrderState | None = None
+        self._cancel_requested = False
+        self._cancel_reason: str | None = None
+        self._cancel_answer: CancelAnswer | None = None
+        self._result: OrderResult | None = None
+        self._lost_track: str | None = None
+
+    # Control
+
+    @workflow.signal
+    def cancel(self, reason: str = "cancelled by request") -> None:
+        if not self._cancel_requested:
+            self._cancel_requested = True
+            self._cancel_reason = reason
+
+    @workflow.update
+    async def request_cancel(self, reason: str = "cancelled by request") -> CancelAnswer:
+        """Cancel, and answer once the broker answered the cancel or the order ended."""
+        self.cancel(reason)
+        await workflow.wait_condition(lambda: self._cancel_answer is not None or self._result is not None)
+        if self._cancel_answer is not None:
+            return self._cancel_answer
+        assert self._result is not None
+        return CancelAnswer(accepted=False, message=f"the order already ended: {self._result.outcome}")
+
+    @workflow.query
+    def status(self) -> OrderStatusView:
+        assert self._intent is not None
+        return OrderStatusView(
+            workflow_id=workflow.info().workflow_id,
+            order_type=self._intent.order_type,
+            strategy_id=self._intent.strategy_id,
+            stage=self._stage,
+            broker_order_id=self._broker_order_id,
+            status=self._state.status if self._state else None,
+            filled_quantity=self._state.filled_quantity if self._state else 0,
+            quantity=self._ticket.quantity if self._ticket else 0,
+            average_price=self._state.average_price if self._state and self._state.filled_quantity else None,
+            cancel_requested=self._cancel_requested,
+            result=self._result,
+        )
+
+    # The process
+
+    @workflow.run
+    async def run(self, intent: OrderIntent) -> OrderResult:
+        self._intent = intent
+        info = workflow.info()
+        key = order_key(info.workflow_id, info.run_id)
+
+        self._set_stage("validating")
+        try:
+            ticket = await workflow.execute_local_activity_method(
+                OrderActivities.begin_order,
+                BeginOrder(
+                    intent=intent, workflow_id=info.workflow_id, run_id=info.run_id, order_key=key,
+                    tag=broker_tag(key),
+                ),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=STORE_RETRY,
+            )
+        except ActivityError as refused:
+            return await self._end_unplaced(key, None, Outcome.INVALID, refused)
+        self._ticket = ticket
+        policy = ticket.policy
+
+        if self._cancel_requested:
+            return await self._end_unplaced(key, ticket, Outcome.CANCELLED, None)
+
+        self._set_stage("placing")
+        try:
+            placement = await workflow.execute_local_activity_method(
+                OrderActivities.place_order_once,
+                PlaceOrder(ticket=ticket),
+                # Longer than the HTTP client's timeout: an attempt is never abandoned mid-request.
+                start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=500),
+                    backoff_coefficient=2.0,
+                    maximum_interval=timedelta(seconds=30),
+                    maximum_attempts=policy.retry_attempts,
+                    non_retryable_error_types=[errors.BROKER_REFUSED, errors.SESSION_EXPIRED],
+                ),
+            )
+        except ActivityError as failed:
+            cause = _cause(failed)
+            if cause is None or cause.type != errors.BROKER_AMBIGUOUS:
+                return await self._end_unplaced(key, ticket, Outcome.FAILED, failed)
+            # The last attempt's outcome is unknown: nothing ends until the order book has been asked.
+            found = await workflow.execute_local_activity_method(
+                OrderActivities.find_placed_order,
+                ticket,
+                start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
+                    non_retryable_error_types=[errors.SESSION_EXPIRED],
+                ),
+            )
+            if found is None:
+                return await self._end_unplaced(key, ticket, Outcome.FAILED, failed)
+            placement = found
+        self._broker_order_id = placement.broker_order_id
+        workflow.upsert_search_attributes(
+            [BROKER_ORDER_ID.value_set(placement.broker_order_id), ORDER_STATUS.value_set("PLACED")]
+        )
+
+        state, timed_out = await self._follow_to_end(ticket, placement.broker_order_id)
+        return await self._end_placed(key, ticket, state, timed_out)
+
+    async def _follow_to_end(self, ticket: OrderTicket, broker_order_id: str) -> tuple[BrokerOrderState, bool]:
+        """Follow until terminal; cancel on request or at the deadline; keep whatever was filled."""
+        policy = ticket.policy
+        deadline = workflow.now() + timedelta(seconds=policy.timeout_seconds)
+        timed_out = False
+        cancel_sent = False
+        while True:
+            self._set_stage("cancelling" if cancel_sent else "following")
+            follow = workflow.start_activity_method(
+                OrderActivities.follow_order,
+                FollowOrder(
+                    ticket=ticket, broker_order_id=broker_order_id, deadline=deadline,
+                    poll_interval_seconds=policy.poll_interval_seconds, last_known=self._state,
+                ),
+                start_to_close_timeout=timedelta(seconds=policy.timeout_seconds) + CANCEL_GRACE * 2,
+                heartbeat_timeout=timedelta(seconds=max(10.0, policy.poll_interval_seconds * 20)),
+                retry_policy=BROKER_CALL_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+            await workflow.wait_condition(
+                lambda: follow.done() or (self._cancel_requested and not cancel_sent)  # noqa: B023
+            )
+            if not follow.done():
+                follow.cancel()
+            try:
+                result: FollowResult | None = await follow
+            except ActivityError as failed:
+                if not isinstance(failed.cause, CancelledError):
+                    self._lost_track = _cause(failed).message if _cause(failed) else str(failed)
+                    return self._state or self._unknown_state(ticket, broker_order_id), timed_out
+                result = None  # cancelled to send the cancel; the next follow picks up from _state
+            if result is not None:
+                self._state = result.state
+                if result.state.filled_quantity:
+                    self._set_details()
+                if result.state.status in ("COMPLETE", "REJECTED", "CANCELLED"):
+                    return result.state, timed_out
+                if result.timed_out:
+                    if cancel_sent:
+                        return result.state, True  # the broker never confirmed the cancel: a person must look
+                    timed_out = True
+            if not cancel_sent and (timed_out or self._cancel_requested):
+                self._cancel_answer = await workflow.execute_activity_method(
+                    OrderActivities.cancel_at_broker,
+                    CancelAtBroker(ticket=ticket, broker_order_id=broker_order_id),
+                    start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
+                    retry_policy=BROKER_CALL_RETRY,
+                )
+                cancel_sent = True
+                deadline = workflow.now() + CANCEL_GRACE
+
+    def _unknown_state(self, ticket: OrderTicket, broker_order_id: str) -> BrokerOrderState:
+        return BrokerOrderState(
+            order_id=broker_order_id, status="UNKNOWN", quantity=ticket.quantity, filled_quantity=0,
+            pending_quantity=ticket.quantity, average_price=0,
+        )
+
+    async def _end_placed(
+        self, key: str, ticket: OrderTicket, state: BrokerOrderState, timed_out: bool
+    ) -> OrderResult:
+        intent = self._require_intent()
+        terminal = state.status in ("COMPLETE", "REJECTED", "CANCELLED")
+        outcome = outcome_of(state) if terminal else Outcome.UNRESOLVED
+        reasons = []
+        if self._lost_track:
+            reasons.append(f"could not follow the order: {self._lost_track}")
+        elif not terminal:
+            reasons.append(f"the broker never confirmed a final state (last: {state.status})")
+        if timed_out:
+            reasons.append(f"not complete after {ticket.policy.timeout_seconds:g}s; the remainder was cancelled")
+        if outcome is Outcome.PARTIALLY_FILLED:
+            reasons.append(f"only {state.filled_quantity} of {ticket.quantity} filled")
+        if outcome in (Outcome.REJECTED, Outcome.CANCELLED) and intent.order_type is not OrderType.BUY:
+            reasons.append(f"exit order {outcome.value.lower()}: the position is still open")
+        needs_intervention = bool(reasons)
+        message = state.status_message if outcome is Outcome.REJECTED else None
+        if self._cancel_requested and outcome in (Outcome.CANCELLED, Outcome.PARTIALLY_FILLED):
+            message = self._cancel_reason
+        result = self._result_of(key, outcome, ticket, state, message, needs_intervention)
+        await self._finish(key, ticket, result, state, "; ".join(reasons) or None)
+        level = AlertLevel.CRITICAL if intent.order_type is not OrderType.BUY else AlertLevel.WARNING
+        if needs_intervention or outcome is Outcome.REJECTED:
+            await self._alert(level, f"{intent.order_type} order {outcome.value.lower()}",
+                              "; ".join(reasons) or (message or outcome.value))
+        return self._conclude(result)
+
+    async def _end_unplaced(
+        self, key: str, ticket: OrderTicket | None, outcome: Outcome, error: ActivityError | None
+    ) -> OrderResult:
+        """Nothing reached the broker (or it refused the request outright)."""
+        intent = self._require_intent()
+        cause = _cause(error) if error is not None else None
+        message = cause.message if cause is not None else (self._cancel_reason or outcome.value)
+        if cause is not None and cause.type == errors.BROKER_REFUSED:
+            outcome = Outcome.REJECTED
+        is_exit = intent.order_type is not OrderType.BUY
+        needs_intervention = ticket is not None and (outcome is Outcome.FAILED or is_exit)
+        result = self._result_of(key, outcome, ticket, None, message, needs_intervention)
+        if ticket is not None:
+            await self._finish(key, ticket, result, None, message if needs_intervention else None, error=message)
+        if outcome is not Outcome.CANCELLED:
+            level = AlertLevel.CRITICAL if is_exit and ticket is not None else AlertLevel.WARNING
+            await self._alert(level, f"{intent.order_type} order {outcome.value.lower()}", message)
+        return self._conclude(result)
+
+    async def _finish(
+        self,
+        key: str,
+        ticket: OrderTicket,
+        result: OrderResult,
+        state: BrokerOrderState | None,
+        intervention_reason: str | None,
+        error: str | None = None,
+    ) -> None:
+        self._set_stage("recording")
+        await workflow.execute_local_activity_method(
+            OrderActivities.finish_order,
+            FinishOrder(
+                ticket=ticket, order_key=key, strategy_id=ticket.strategy_id,
+                order_type=self._require_intent().order_type, outcome=result.outcome, state=state,
+                error=error, needs_intervention=result.needs_intervention,
+                intervention_reason=intervention_reason,
+            ),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=STORE_RETRY,
+        )
+
+    async def _alert(self, level: AlertLevel, title: str, message: str) -> None:
+        intent = self._require_intent()
+        alert = Alert(
+            level=level, title=title, message=message, strategy_id=intent.strategy_id,
+            user_id=intent.user_id, workflow_id=workflow.info().workflow_id, created_at=workflow.now(),
+        )
+        has_webhook = await workflow.execute_local_activity_method(
+            AlertActivities.log_alert, alert, start_to_close_timeout=timedelta(seconds=5)
+        )
+        if has_webhook:
+            await workflow.execute_activity_method(
+                AlertActivities.post_alert_webhook,
+                alert,
+                start_to_close_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=timedelta(minutes=10),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            )
+
+    def _result_of(
+        self,
+        key: str,
+        outcome: Outcome,
+        ticket: OrderTicket | None,
+        state: BrokerOrderState | None,
+        message: str | None,
+        needs_intervention: bool,
+    ) -> OrderResult:
+        intent = self._require_intent()
+        filled = state.filled_quantity if state else 0
+        return OrderResult(
+            workflow_id=workflow.info().workflow_id,
+            order_key=key,
+            order_type=intent.order_type,
+            strategy_id=intent.strategy_id,
+            outcome=outcome,
+            broker_order_id=self._broker_order_id,
+            requested_quantity=ticket.quantity if ticket else 0,
+            filled_quantity=filled,
+            average_price=state.average_price if state and filled else None,
+            message=message,
+            needs_intervention=needs_intervention,
+        )
+
+    def _conclude(self, result: OrderResult) -> OrderResult:
+        """Fail when nothing is live at the broker and nothing filled, so the intent may be tried again;
+        complete otherwise, so that this workflow id refuses every repeat."""
+        self._result = result
+        self._set_stage("done")
+        workflow.upsert_search_attributes([ORDER_STATUS.value_set(result.outcome.value)])
+        if result.filled_quantity > 0 or result.outcome not in RETRYABLE_OUTCOMES:
+            return result
+        raise ApplicationError(
+            f"{result.order_type} order {result.outcome.value}: {result.message or 'nothing filled'}",
+            result,
+            type=result.outcome.value,
+            non_retryable=True,
+        )
+
+    def _set_stage(self, stage: str) -> None:
+        self._stage = stage
+        self._set_details()
+
+    def _set_details(self) -> None:
+        parts = [self._stage]
+        if self._broker_order_id:
+            parts.append(f"broker order {self._broker_order_id}")
+        if self._state is not None:
+            parts.append(f"{self._state.status}, {self._state.filled_quantity}/{self._state.quantity} filled")
+        if self._cancel_requested:
+            parts.append(f"cancel requested: {self._cancel_reason}")
+        workflow.set_current_details("; ".join(parts))
+
+    def _require_intent(self) -> OrderIntent:
+        assert self._intent is not None
+        return self._intent
