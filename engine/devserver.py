@@ -48,7 +48,12 @@ def free_port() -> int:
 
 
 def dev_server_args(
-    port: int, ui_port: int | None, db_file: str | None, *, task_queue_partitions: int | None = None
+    port: int,
+    ui_port: int | None,
+    db_file: str | None,
+    *,
+    task_queue_partitions: int | None = None,
+    search_attributes: bool = True,
 ) -> list[str]:
     args = [temporal_cli(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
     args += ["--log-level", "error"]
@@ -58,7 +63,7 @@ def dev_server_args(
         args += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"]
     if db_file:
         args += ["--db-filename", db_file]
-    for key in SEARCH_ATTRIBUTES:
+    for key in SEARCH_ATTRIBUTES if search_attributes else ():
         args += ["--search-attribute", f"{key.name}=Keyword"]
     for value in (*FAST_STEPS, *FAIRNESS):
         args += ["--dynamic-config-value", value]
@@ -77,6 +82,7 @@ class DevServer:
     db_file: str | None = None
     log_file: str | None = None
     task_queue_partitions: int | None = None
+    search_attributes: bool = True
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -94,7 +100,11 @@ class DevServer:
             Path(self.db_file).parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         args = dev_server_args(
-            self.port, self.ui_port, self.db_file, task_queue_partitions=self.task_queue_partitions
+            self.port,
+            self.ui_port,
+            self.db_file,
+            task_queue_partitions=self.task_queue_partitions,
+            search_attributes=self.search_attributes,
         )
         self.process = subprocess.Popen(
             args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ
