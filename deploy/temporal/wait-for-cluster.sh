@@ -6,11 +6,12 @@ TEMPORAL_HOST="${TEMPORAL_ADDRESS%:*}"
 TEMPORAL_PORT="${TEMPORAL_ADDRESS##*:}"
 TEMPORAL_IP="$(getent ahostsv4 "$TEMPORAL_HOST" | awk 'NR == 1 { print $1 }')"
 TEMPORAL_RESOLVED_ADDRESS="${TEMPORAL_IP:-$TEMPORAL_HOST}:$TEMPORAL_PORT"
+MAX_WAIT_ATTEMPTS="${MAX_WAIT_ATTEMPTS:-60}"
 
 attempt=1
 until temporal operator cluster health --address "$TEMPORAL_RESOLVED_ADDRESS" >/dev/null 2>&1; do
-    if [ "$attempt" -ge 60 ]; then
-        echo "Temporal at $TEMPORAL_ADDRESS did not become healthy in 120 s" >&2
+    if [ "$attempt" -ge "$MAX_WAIT_ATTEMPTS" ]; then
+        echo "Temporal at $TEMPORAL_ADDRESS did not become healthy after $attempt health checks" >&2
         exit 1
     fi
     attempt=$((attempt + 1))
