@@ -1,0 +1,83 @@
+"""Persistence: users, broker accounts, strategies, orders and their audit trail.
+
+PostgreSQL (asyncpg) in production and tests, SQLite (aiosqlite) as the embedded default; the
+schema is managed by Alembic (`migrations/`).
+"""
+
+from store.errors import (
+    BrokerAccountNotFound,
+    ConcurrentUpdate,
+    CredentialsMissing,
+    FillMismatch,
+    InvalidInput,
+    NotFound,
+    OrderInFlight,
+    OrderNotFound,
+    PlacementConflict,
+    SecretKeyError,
+    StoreError,
+    StoreUnavailable,
+    StrategyNotFound,
+    UserNotFound,
+)
+from store.records import (
+    BrokerAccountRecord,
+    BrokerAppCredentials,
+    BrokerCredentials,
+    ExitReason,
+    Fill,
+    HistoryQuery,
+    LogStatus,
+    NewOrder,
+    OrderEventRecord,
+    OrderEventType,
+    OrderLogRecord,
+    OrderRecord,
+    OrderType,
+    Page,
+    PositionSide,
+    StrategyRecord,
+    StrategySpec,
+    StrategyStatus,
+    UserRecord,
+)
+from store.secrets import load_or_create_key
+from store.store import Store
+
+__all__ = [
+    "BrokerAccountNotFound",
+    "BrokerAccountRecord",
+    "BrokerAppCredentials",
+    "BrokerCredentials",
+    "ConcurrentUpdate",
+    "CredentialsMissing",
+    "ExitReason",
+    "Fill",
+    "FillMismatch",
+    "HistoryQuery",
+    "InvalidInput",
+    "LogStatus",
+    "NewOrder",
+    "NotFound",
+    "OrderEventRecord",
+    "OrderEventType",
+    "OrderInFlight",
+    "OrderLogRecord",
+    "OrderNotFound",
+    "OrderRecord",
+    "OrderType",
+    "Page",
+    "PlacementConflict",
+    "PositionSide",
+    "SecretKeyError",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StrategyNotFound",
+    "StrategyRecord",
+    "StrategySpec",
+    "StrategyStatus",
+    "UserNotFound",
+    "UserRecord",
+    "load_or_create_key",
+]

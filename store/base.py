@@ -1,0 +1,150 @@
+"""The store's engine, its transactions, and the row lookups every part of it shares."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Self, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from store import migrate as migrations
+from store.db import READ_ONLY_OPTION, create_engine
+from store.errors import (
+    BrokerAccountNotFound,
+    ConcurrentUpdate,
+    OrderNotFound,
+    StoreUnavailable,
+    StrategyNotFound,
+    UserNotFound,
+)
+from store.models import BrokerAccount, Order, Strategy, User
+from store.records import StrategyRecord
+from store.secrets import SecretBox, resolve_secret_key
+from store.validation import positive_int
+
+RecordT = TypeVar("RecordT")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_record(record_type: type[RecordT], row: Any) -> RecordT:
+    """A frozen record from an ORM row, field by field (records are named after their columns)."""
+    names = [field.name for field in dataclasses.fields(record_type)]  # type: ignore[arg-type]
+    return record_type(**{name: _plain(getattr(row, name)) for name in names})
+
+
+def _plain(value: Any) -> Any:
+    """Enum members assigned in this transaction read back as the plain strings the database holds."""
+    return value.value if isinstance(value, Enum) else value
+
+
+class StoreBase:
+    """Holds the engine; `_write()` and `_read()` open one transaction each."""
+
+    def __init__(self, engine: AsyncEngine, secret_box: SecretBox):
+        self._engine = engine
+        self._secret_box = secret_box
+        self._write_sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(
+            engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
+        )
+
+    @classmethod
+    async def connect(
+        cls, database_url: str, secret_key: str | None = None, *, pool_size: int = 5, max_overflow: int = 10
+    ) -> Self:
+        """Open the store; does not migrate. Without a key, SQLite uses (or makes) secret.key beside
+        its file and PostgreSQL refuses to start."""
+        secret_box = SecretBox(resolve_secret_key(database_url, secret_key))
+        engine = create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow, hide_parameters=True)
+        return cls(engine, secret_box)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._engine.url.render_as_string(hide_password=True)})"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (alembic upgrade head)."""
+        await migrations.upgrade(self._engine, "head")
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """One transaction that commits when the block ends and rolls back on any error."""
+        try:
+            async with self._write_sessions.begin() as session:
+                yield session
+        except StaleDataError as exc:
+            raise ConcurrentUpdate(f"a row changed while this transaction wrote it; retry ({exc})") from exc
+        except (OperationalError, InterfaceError, OSError) as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._read_sessions.begin() as session:
+                yield session
+        except (OperationalError, InterfaceError, OSError) as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    async def _user_row(self, session: AsyncSession, user_id: int) -> User:
+        positive_int(user_id, "user_id")
+        user = await session.get(User, user_id)
+        if user is None:
+            raise UserNotFound(user_id)
+        return user
+
+    async def _account_row(self, session: AsyncSession, account_id: int, *, lock: bool = False) -> BrokerAccount:
+        positive_int(account_id, "account_id")
+        account = await session.get(BrokerAccount, account_id, with_for_update=lock)
+        if account is None:
+            raise BrokerAccountNotFound(account_id)
+        return account
+
+    async def _strategy_row(self, session: AsyncSession, strategy_id: int, *, lock: bool = False) -> Strategy:
+        """The strategy; with lock=True held (SELECT ... FOR UPDATE) until the transaction ends."""
+        query = select(Strategy).where(Strategy.id == strategy_id)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        strategy = await session.scalar(query)
+        if strategy is None:
+            raise StrategyNotFound(strategy_id)
+        return strategy
+
+    async def _order_row(self, session: AsyncSession, workflow_id: str, *, lock: bool = False) -> Order:
+        query = select(Order).where(Order.workflow_id == workflow_id)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        order = await session.scalar(query)
+        if order is None:
+            raise OrderNotFound(workflow_id)
+        return order
+
+    async def _lock_order_and_strategy(self, session: AsyncSession, workflow_id: str) -> tuple[Order, Strategy]:
+        """Locks in the one order every writer uses (strategy, then order), so writers never deadlock."""
+        order = await self._order_row(session, workflow_id)
+        strategy = await self._strategy_row(session, order.strategy_id, lock=True)
+        order = await self._order_row(session, workflow_id, lock=True)
+        return order, strategy
+
+
+def strategy_record(row: Strategy) -> StrategyRecord:
+    return to_record(StrategyRecord, row)

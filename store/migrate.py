@@ -1,0 +1,59 @@
+"""Alembic migrations, run programmatically on the store's own engine (PostgreSQL and SQLite alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# pg_advisory_xact_lock key held while migrating, so concurrent starts do not race.
+MIGRATION_LOCK_ID = 0x6B69746573746F72
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """The repository's alembic.ini, wherever the process runs from; optionally aimed at a URL."""
+    config = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.exists() else Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["configure_logger"] = False
+    if database_url is not None:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(_run_command, command.upgrade, revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(_run_command, command.downgrade, revision)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync_connection: MigrationContext.configure(sync_connection).get_current_revision()
+        )
+
+
+def _run_command(connection: Connection, alembic_command: Callable[[Config, str], object], revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    alembic_command(config, revision)

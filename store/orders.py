@@ -1,0 +1,525 @@
+"""The order lifecycle, keyed by workflow id: begin, placement, broker updates, fill, finish.
+
+Every write here is idempotent by the workflow id, because Temporal replays activities: a second call
+with the same arguments leaves the database as the first one did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from brokers.base import is_terminal
+from store import validation as check
+from store.base import StoreBase, strategy_record, to_record, utc_now
+from store.errors import FillMismatch, InvalidInput, OrderInFlight, PlacementConflict
+from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
+from store.records import (
+    ORDER_STATUS_NEW,
+    ORDER_STATUS_PLACED,
+    ExitReason,
+    Fill,
+    LogStatus,
+    NewOrder,
+    OrderEventRecord,
+    OrderEventType,
+    OrderRecord,
+    OrderType,
+    PositionSide,
+    StrategyRecord,
+    StrategyStatus,
+)
+from store.types import MONEY_QUANTUM
+
+TAG = re.compile(r"[A-Za-z0-9]{1,20}")
+EVENT_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+BROKER_STATUS_LENGTH = 32
+FINISHED_OUTCOMES = frozenset({LogStatus.SUCCESS, LogStatus.FAILED, LogStatus.ERROR})
+ONE_PER_ORDER = frozenset(
+    {
+        OrderEventType.ATTEMPTED,
+        OrderEventType.PLACED,
+        OrderEventType.ADOPTED,
+        OrderEventType.FILL_APPLIED,
+        OrderEventType.ORDER_EXECUTED,
+    }
+)
+
+
+def _workflow_id(value: Any) -> str:
+    return check.text(value, "workflow_id", max_length=WORKFLOW_ID_LENGTH)
+
+
+def _checked_new_order(new: NewOrder) -> NewOrder:
+    order_type = OrderType(check.choice(new.order_type, "order_type", OrderType))
+    transaction_type = check.choice(new.transaction_type, "transaction_type", {"BUY", "SELL"})
+    if transaction_type != order_type.transaction_type:
+        raise InvalidInput(
+            f"a {order_type} order is a {order_type.transaction_type} at the broker, not {transaction_type}"
+        )
+    return NewOrder(
+        workflow_id=_workflow_id(new.workflow_id),
+        strategy_id=check.positive_int(new.strategy_id, "strategy_id"),
+        user_id=check.positive_int(new.user_id, "user_id"),
+        order_type=order_type,
+        transaction_type=transaction_type,
+        quantity=check.positive_int(new.quantity, "quantity"),
+        symbol=check.text(new.symbol, "symbol", max_length=40),
+        exchange=check.text(new.exchange, "exchange", max_length=10),
+        tag=check.text(new.tag, "tag", max_length=20, pattern=TAG),
+        requested_by=check.text(new.requested_by, "requested_by", max_length=64),
+        reason=check.optional_text(new.reason, "reason", max_length=2000),
+        trigger_price=None if new.trigger_price is None else check.price(new.trigger_price, "trigger_price"),
+        order_data=check.json_object(new.order_data, "order_data"),
+        attempted_at=check.optional_aware_datetime(new.attempted_at, "attempted_at"),
+    )
+
+
+def _broker_status(value: Any) -> str:
+    return check.text(value, "status", max_length=BROKER_STATUS_LENGTH).upper()
+
+
+def _event(order: Order, event_type: str, data: dict[str, Any], at: datetime) -> OrderEvent:
+    return OrderEvent(
+        order_id=order.id,
+        workflow_id=order.workflow_id,
+        event_type=event_type,
+        data=check.json_object(data, "data"),
+        created_at=at,
+    )
+
+
+def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_price: Decimal) -> Decimal:
+    if held == 0 or held_price is None:
+        return added_price
+    average = (held_price * held + added_price * added) / (held + added)
+    return average.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> None:
+    """Position arithmetic in Decimal on the filled quantity and the broker's average price."""
+    filled, price = fill.filled_quantity, fill.average_price
+    if filled == 0:
+        return
+    if order.order_type == OrderType.BUY:
+        if strategy.open_quantity == 0:
+            # A new position: the previous one's exit no longer describes it.
+            strategy.exit_price = strategy.exit_filled_at = strategy.exit_reason = None
+            strategy.sl_triggered, strategy.sl_trigger_price = False, None
+        strategy.entry_price = _weighted_entry(strategy.open_quantity, strategy.entry_price, filled, price)
+        strategy.open_quantity += filled
+        strategy.entry_filled_at = fill.filled_at
+        strategy.position = PositionSide.LONG
+        return
+    if filled > strategy.open_quantity:
+        raise FillMismatch(
+            f"{order.order_type} order {order.workflow_id} filled {filled} but strategy "
+            f"{strategy.id} holds {strategy.open_quantity}; reconcile the position at the broker"
+        )
+    entry_price = strategy.entry_price if strategy.entry_price is not None else Decimal(0)
+    strategy.open_quantity -= filled
+    strategy.exit_price, strategy.exit_filled_at = price, fill.filled_at
+    strategy.realized_pnl += (price - entry_price) * filled
+    if strategy.open_quantity == 0:
+        strategy.position = PositionSide.FLAT
+        strategy.position_cycle += 1
+        if strategy.status == StrategyStatus.SL_TRIGGERED:
+            strategy.status = StrategyStatus.RUNNING
+        if order.order_type == OrderType.SELL and strategy.exit_reason is None:
+            strategy.exit_reason = ExitReason.SCHEDULED_EXIT
+
+
+class OrdersMixin(StoreBase):
+    async def begin_order(self, new: NewOrder, validate: Callable[[StrategyRecord], None]) -> OrderRecord:
+        """Record the attempt of one order, in one transaction with the strategy locked.
+
+        `validate(strategy)` raises to refuse (nothing is written then). OrderInFlight if another
+        order of the strategy is unfinished. If the order already exists (a replay), it is returned
+        unchanged and `validate` is not called.
+        """
+        new = _checked_new_order(new)
+        now = utc_now()
+        attempted_at = new.attempted_at or now
+        try:
+            async with self._write() as session:
+                strategy = await self._strategy_row(session, new.strategy_id, lock=True)
+                existing = await session.scalar(select(Order).where(Order.workflow_id == new.workflow_id))
+                if existing is not None:
+                    if existing.strategy_id != strategy.id:
+                        raise InvalidInput(
+                            f"workflow {new.workflow_id!r} already holds an order of strategy "
+                            f"{existing.strategy_id}, not {strategy.id}"
+                        )
+                    return to_record(OrderRecord, existing)
+                if strategy.user_id != new.user_id:
+                    raise InvalidInput(f"strategy {strategy.id} belongs to user {strategy.user_id}, not {new.user_id}")
+                validate(strategy_record(strategy))
+                if strategy.active_order_workflow_id not in (None, new.workflow_id):
+                    raise OrderInFlight(strategy.id, strategy.active_order_workflow_id)
+
+                order = Order(
+                    workflow_id=new.workflow_id,
+                    strategy_id=strategy.id,
+                    user_id=new.user_id,
+                    order_type=new.order_type,
+                    transaction_type=new.transaction_type,
+                    quantity=new.quantity,
+                    symbol=new.symbol,
+                    exchange=new.exchange,
+                    tag=new.tag,
+                    trigger_price=new.trigger_price,
+                    requested_by=new.requested_by,
+                    reason=new.reason,
+                    adopted=False,
+                    status=ORDER_STATUS_NEW,
+                    filled_quantity=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(order)
+                await session.flush()
+                session.add(
+                    OrderLog(
+                        order_id=order.id,
+                        workflow_id=order.workflow_id,
+                        user_id=order.user_id,
+                        strategy_id=order.strategy_id,
+                        order_type=order.order_type,
+                        order_data=new.order_data,
+                        status=LogStatus.ATTEMPTING,
+                        attempted_at=attempted_at,
+                    )
+                )
+                session.add(
+                    _event(
+                        order,
+                        OrderEventType.ATTEMPTED,
+                        {
+                            "order_type": order.order_type,
+                            "quantity": order.quantity,
+                            "symbol": order.symbol,
+                            "exchange": order.exchange,
+                            "tag": order.tag,
+                            "trigger_price": order.trigger_price,
+                            "requested_by": order.requested_by,
+                            "reason": order.reason,
+                            "position_cycle": strategy.position_cycle,
+                        },
+                        now,
+                    )
+                )
+                strategy.active_order_workflow_id = strategy.last_order_workflow_id = order.workflow_id
+                strategy.last_action = f"{order.order_type} order attempted: {order.workflow_id}"
+                if order.order_type == OrderType.SL_SELL:
+                    strategy.sl_triggered = True
+                    strategy.sl_trigger_price = order.trigger_price
+                    strategy.exit_reason = ExitReason.STOP_LOSS
+                    # An emergency stop stays in force: a stop-loss exit does not restart the strategy.
+                    if strategy.status == StrategyStatus.RUNNING:
+                        strategy.status = StrategyStatus.SL_TRIGGERED
+                strategy.updated_at = now
+                await session.flush()
+                return to_record(OrderRecord, order)
+        except IntegrityError as exc:
+            raise InvalidInput(f"workflow {new.workflow_id!r} already holds an order of another strategy") from exc
+
+    async def set_placement_started(self, workflow_id: str, sent_at: datetime | None) -> None:
+        """Note that a placement request left for the broker at `sent_at`, or (None) that the last one
+        surely did not arrive. A retry reads it back to know how long a "not found" proves nothing."""
+        workflow_id = _workflow_id(workflow_id)
+        sent = check.optional_aware_datetime(sent_at, "sent_at")
+        async with self._write() as session:
+            order = await self._order_row(session, workflow_id, lock=True)
+            if order.placement_sent_at == sent:
+                return
+            now = utc_now()
+            order.placement_sent_at, order.updated_at = sent, now
+            if sent is None:
+                session.add(_event(order, OrderEventType.PLACEMENT_NOT_SENT, {}, now))
+            else:
+                session.add(_event(order, OrderEventType.PLACEMENT_SENT, {"sent_at": sent}, now))
+
+    async def placement_started_at(self, workflow_id: str) -> datetime | None:
+        async with self._read() as session:
+            return (await self._order_row(session, _workflow_id(workflow_id))).placement_sent_at
+
+    async def record_placement(
+        self, workflow_id: str, broker_order_id: str, placed_at: datetime, adopted: bool
+    ) -> OrderRecord:
+        """The broker's order id, placed by us or adopted from the order book by tag."""
+        workflow_id = _workflow_id(workflow_id)
+        broker_id = check.text(broker_order_id, "broker_order_id", max_length=64)
+        placed = check.aware_datetime(placed_at, "placed_at")
+        if not isinstance(adopted, bool):
+            raise InvalidInput(f"adopted must be True or False, got {adopted!r}")
+        async with self._write() as session:
+            order = await self._order_row(session, workflow_id, lock=True)
+            if order.broker_order_id == broker_id:
+                return to_record(OrderRecord, order)
+            if order.broker_order_id is not None:
+                raise PlacementConflict(
+                    f"order {workflow_id} is already broker order {order.broker_order_id}, yet {broker_id} "
+                    "was placed for it too; check the broker's order book for a duplicate"
+                )
+            if order.outcome is not None:
+                raise InvalidInput(f"order {workflow_id} finished {order.outcome}; a placement cannot follow")
+            now = utc_now()
+            order.broker_order_id, order.placed_at, order.adopted = broker_id, placed, adopted
+            if order.status == ORDER_STATUS_NEW:
+                order.status = ORDER_STATUS_PLACED
+            order.updated_at = now
+            event_type = OrderEventType.ADOPTED if adopted else OrderEventType.PLACED
+            session.add(_event(order, event_type, {"broker_order_id": broker_id, "placed_at": placed}, now))
+            await session.flush()
+            return to_record(OrderRecord, order)
+
+    async def record_order_update(
+        self,
+        workflow_id: str,
+        status: str,
+        filled_quantity: int,
+        average_price: Decimal,
+        broker_timestamp: datetime | None,
+    ) -> bool:
+        """Apply one broker update unless it is older than what is stored. Returns whether it changed
+        anything. Ignored: a lower filled quantity; anything after a terminal status; at the same filled
+        quantity, a non-terminal update with an older broker timestamp."""
+        workflow_id = _workflow_id(workflow_id)
+        new_status = _broker_status(status)
+        filled = check.non_negative_int(filled_quantity, "filled_quantity")
+        price = check.broker_price(average_price, "average_price")
+        stamp = check.optional_aware_datetime(broker_timestamp, "broker_timestamp")
+        async with self._write() as session:
+            order = await self._order_row(session, workflow_id, lock=True)
+            if filled > order.quantity:
+                raise FillMismatch(
+                    f"update of order {workflow_id} reports {filled} filled of {order.quantity} requested; "
+                    "check the broker order id"
+                )
+            if is_terminal(order.status) or filled < order.filled_quantity:
+                return False
+            older = stamp is not None and order.broker_updated_at is not None and stamp < order.broker_updated_at
+            if filled == order.filled_quantity and not is_terminal(new_status) and older:
+                return False
+            if (new_status, filled, price) == (order.status, order.filled_quantity, order.average_price):
+                return False
+            now = utc_now()
+            order.status, order.filled_quantity, order.average_price = new_status, filled, price
+            if stamp is not None and not older:
+                order.broker_updated_at = stamp
+            order.updated_at = now
+            session.add(
+                _event(
+                    order,
+                    OrderEventType.STATUS,
+                    {
+                        "status": new_status,
+                        "filled_quantity": filled,
+                        "average_price": price,
+                        "broker_timestamp": stamp,
+                    },
+                    now,
+                )
+            )
+            return True
+
+    async def apply_fill(self, fill: Fill) -> StrategyRecord:
+        """Apply an order's final fill to its strategy, once: a second call (a replay) changes nothing.
+
+        BUY adds to the position (weighted entry price); SELL and SL_SELL reduce it and realise P&L;
+        at zero the position is FLAT and the next cycle begins.
+        """
+        fill = Fill(
+            workflow_id=_workflow_id(fill.workflow_id),
+            filled_quantity=check.non_negative_int(fill.filled_quantity, "filled_quantity"),
+            average_price=check.broker_price(fill.average_price, "average_price"),
+            status=_broker_status(fill.status),
+            filled_at=check.aware_datetime(fill.filled_at, "filled_at"),
+        )
+        if fill.filled_quantity > 0 and fill.average_price == 0:
+            raise InvalidInput(f"average_price must be above zero for a fill of {fill.filled_quantity}")
+        async with self._write() as session:
+            order, strategy = await self._lock_order_and_strategy(session, fill.workflow_id)
+            if order.fill_applied_at is not None:
+                return strategy_record(strategy)
+            if fill.filled_quantity > order.quantity:
+                raise FillMismatch(
+                    f"fill of {fill.filled_quantity} exceeds the {order.quantity} requested by order "
+                    f"{fill.workflow_id}; check the broker order"
+                )
+            _apply_fill_to_position(strategy, order, fill)
+            now = utc_now()
+            order.filled_quantity = fill.filled_quantity
+            order.status = fill.status
+            if fill.filled_quantity > 0:
+                order.average_price, order.filled_at = fill.average_price, fill.filled_at
+            order.fill_applied_at = order.updated_at = now
+            strategy.last_action = (
+                f"{order.order_type} filled {fill.filled_quantity} of {order.quantity} at {fill.average_price}"
+            )
+            strategy.updated_at = now
+            session.add(
+                _event(
+                    order,
+                    OrderEventType.FILL_APPLIED,
+                    {
+                        "status": fill.status,
+                        "filled_quantity": fill.filled_quantity,
+                        "average_price": fill.average_price,
+                        "filled_at": fill.filled_at,
+                        "open_quantity": strategy.open_quantity,
+                        "realized_pnl": strategy.realized_pnl,
+                    },
+                    now,
+                )
+            )
+            await session.flush()
+            return strategy_record(strategy)
+
+    async def finish_order(
+        self,
+        workflow_id: str,
+        outcome: str,
+        status: str,
+        result: dict[str, Any],
+        error: str | None,
+        completed_at: datetime,
+    ) -> OrderRecord:
+        """Close the audit row, free the strategy for its next order, and queue the ORDER_EXECUTED
+        event (the outbox) in the same transaction. A second call changes nothing."""
+        workflow_id = _workflow_id(workflow_id)
+        final = LogStatus(check.choice(outcome, "outcome", FINISHED_OUTCOMES))
+        final_status = _broker_status(status)
+        result_data = check.json_object(result, "result")
+        error_message = check.optional_text(error, "error", max_length=10_000)
+        completed = check.aware_datetime(completed_at, "completed_at")
+        async with self._write() as session:
+            order, strategy = await self._lock_order_and_strategy(session, workflow_id)
+            if order.outcome is not None:
+                return to_record(OrderRecord, order)
+            log = await session.scalar(select(OrderLog).where(OrderLog.order_id == order.id).with_for_update())
+            if log is None:
+                raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
+            log.status = final
+            log.result, log.error_message, log.completed_at = result_data, error_message, completed
+            log.execution_time_ms = max(0, round((completed - log.attempted_at).total_seconds() * 1000))
+
+            now = utc_now()
+            order.outcome, order.status, order.completed_at = final, final_status, completed
+            order.updated_at = now
+            if strategy.active_order_workflow_id == workflow_id:
+                strategy.active_order_workflow_id = None
+            if final != LogStatus.SUCCESS:
+                strategy.last_error = error_message or f"{order.order_type} order {workflow_id} ended {final}"
+            strategy.last_action = f"{order.order_type} order {final}: {workflow_id}"
+            strategy.updated_at = now
+            session.add(
+                _event(
+                    order,
+                    OrderEventType.ORDER_EXECUTED,
+                    {
+                        "workflow_id": workflow_id,
+                        "strategy_id": order.strategy_id,
+                        "user_id": order.user_id,
+                        "order_type": order.order_type,
+                        "symbol": order.symbol,
+                        "exchange": order.exchange,
+                        "outcome": final,
+                        "status": final_status,
+                        "broker_order_id": order.broker_order_id,
+                        "quantity": order.quantity,
+                        "filled_quantity": order.filled_quantity,
+                        "average_price": order.average_price,
+                        "error": error_message,
+                        "completed_at": completed,
+                        "result": result_data,
+                    },
+                    now,
+                )
+            )
+            await session.flush()
+            return to_record(OrderRecord, order)
+
+    async def append_order_event(self, workflow_id: str, event_type: str, data: dict[str, Any]) -> bool:
+        """Add to the order's trail (e.g. CANCEL_SENT, TIMED_OUT); returns whether it was added.
+
+        The store writes the lifecycle events itself, in the transaction of the change. Appending one
+        of those again is a no-op: at most one of each ONE_PER_ORDER type (so the outbox never holds
+        an order twice), and no STATUS that repeats the order's last status and filled quantity.
+        """
+        workflow_id = _workflow_id(workflow_id)
+        kind = check.text(event_type, "event_type", max_length=40, pattern=EVENT_TYPE)
+        payload = check.json_object(data, "data")
+        async with self._write() as session:
+            order = await self._order_row(session, workflow_id, lock=True)
+            if await self._repeats_lifecycle_event(session, order, kind, payload):
+                return False
+            session.add(_event(order, kind, payload, utc_now()))
+            return True
+
+    async def _repeats_lifecycle_event(
+        self, session: AsyncSession, order: Order, kind: str, payload: dict[str, Any]
+    ) -> bool:
+        if kind in ONE_PER_ORDER:
+            found = await session.scalar(
+                select(OrderEvent.id).where(OrderEvent.order_id == order.id, OrderEvent.event_type == kind).limit(1)
+            )
+            return found is not None
+        if kind == OrderEventType.STATUS:
+            last = await session.scalar(
+                select(OrderEvent.data)
+                .where(OrderEvent.order_id == order.id, OrderEvent.event_type == kind)
+                .order_by(OrderEvent.id.desc())
+                .limit(1)
+            )
+            same_keys = ("status", "filled_quantity")
+            return last is not None and all(last.get(key) == payload.get(key) for key in same_keys)
+        return False
+
+    async def get_order(self, workflow_id: str) -> OrderRecord:
+        async with self._read() as session:
+            return to_record(OrderRecord, await self._order_row(session, _workflow_id(workflow_id)))
+
+    async def order_events(self, workflow_id: str) -> list[OrderEventRecord]:
+        """The order's trail, oldest first."""
+        async with self._read() as session:
+            order = await self._order_row(session, _workflow_id(workflow_id))
+            rows = await session.scalars(
+                select(OrderEvent).where(OrderEvent.order_id == order.id).order_by(OrderEvent.id)
+            )
+            return [to_record(OrderEventRecord, row) for row in rows]
+
+    async def unpublished_events(
+        self, event_type: str = OrderEventType.ORDER_EXECUTED, limit: int = 100
+    ) -> list[OrderEventRecord]:
+        """The outbox: events not yet marked published, oldest first."""
+        kind = check.text(event_type, "event_type", max_length=40, pattern=EVENT_TYPE)
+        count = check.positive_int(limit, "limit")
+        query = (
+            select(OrderEvent)
+            .where(OrderEvent.event_type == kind, OrderEvent.published_at.is_(None))
+            .order_by(OrderEvent.id)
+            .limit(count)
+        )
+        async with self._read() as session:
+            return [to_record(OrderEventRecord, row) for row in await session.scalars(query)]
+
+    async def mark_events_published(self, ids: Sequence[int]) -> int:
+        """Mark outbox events delivered; returns how many were newly marked (repeats are harmless)."""
+        event_ids = [check.positive_int(event_id, "event id") for event_id in ids]
+        if not event_ids:
+            return 0
+        async with self._write() as session:
+            result = await session.execute(
+                update(OrderEvent)
+                .where(OrderEvent.id.in_(event_ids), OrderEvent.published_at.is_(None))
+                .values(published_at=utc_now())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
