@@ -4,7 +4,7 @@
 # resolve to an IPv6 address the frontend does not listen on.
 TEMPORAL_HOST="${TEMPORAL_ADDRESS%:*}"
 TEMPORAL_PORT="${TEMPORAL_ADDRESS##*:}"
-TEMPORAL_IP="$(getent ahostsv4 "$TEMPORAL_HOST" | awk 'NR == 1 { print $1 }')"
+TEMPORAL_IP="$(getent ahosts "$TEMPORAL_HOST" 2>/dev/null | awk '$1 ~ /^[0-9.]+$/ { print $1; exit }')"
 TEMPORAL_RESOLVED_ADDRESS="${TEMPORAL_IP:-$TEMPORAL_HOST}:$TEMPORAL_PORT"
 MAX_WAIT_ATTEMPTS="${MAX_WAIT_ATTEMPTS:-60}"
 
