@@ -16,7 +16,7 @@ DATA_DIR = Path("data")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     # Store. SQLite under ./data is the embedded default; production uses postgresql+asyncpg://.
     database_url: str = f"sqlite+aiosqlite:///{DATA_DIR}/engine.db"

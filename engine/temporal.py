@@ -8,7 +8,6 @@ encrypted by the payload codec before they reach the server.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -32,12 +31,12 @@ SEARCH_ATTRIBUTES = (STRATEGY_ID, USER_ID, ORDER_TYPE, ORDER_STATUS, SYMBOL, BRO
 
 def data_converter(environ: Mapping[str, str] | None = None) -> DataConverter:
     """Pydantic payloads, encrypted when the environment holds codec keys."""
-    from engine.codec import codec_from_env
+    from engine.codec import codec_from_env, encrypted_data_converter
 
     codec = codec_from_env(os.environ if environ is None else environ)
     if codec is None:
         return pydantic_data_converter
-    return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
+    return encrypted_data_converter(codec)  # failure messages too, not only payloads
 
 
 def connect_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
