@@ -1,0 +1,249 @@
+"""Clients for the paper broker's control API (`/_sim/`): `SimControl` (sync) and `AsyncSimControl`.
+
+    control = SimControl("http://127.0.0.1:8700")
+    control.set_price("RELIANCE", "2500.50")
+    control.add_fault("accept_then_timeout", route="place_order", seconds=3)
+    assert len([o for o in control.orders() if o["tag"] == tag]) == 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+Price = Decimal | int | str
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+class SimControlError(RuntimeError):
+    """The control API refused a request; the message is its explanation."""
+
+    def __init__(self, message: str, status_code: int):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    path: str
+    body: Any = None
+
+
+def _instrument_key(symbol: str, exchange: str) -> str:
+    return symbol if ":" in symbol else f"{exchange}:{symbol}"
+
+
+def _money(price: Price) -> str:
+    if isinstance(price, float):
+        raise TypeError("pass prices as Decimal, int or str, not float")
+    return str(price)
+
+
+class _Calls:
+    """The control API's requests, shared by the sync and async clients."""
+
+    @staticmethod
+    def reset() -> _Call:
+        return _Call("POST", "/_sim/reset")
+
+    @staticmethod
+    def set_prices(prices: Mapping[str, Price]) -> _Call:
+        return _Call("PUT", "/_sim/prices", {key: _money(price) for key, price in prices.items()})
+
+    @staticmethod
+    def set_fill(settings: Mapping[str, Any]) -> _Call:
+        body = dict(settings)
+        if "fill_ratio" in body:
+            body["fill_ratio"] = _money(body["fill_ratio"])
+        return _Call("PUT", "/_sim/fill", body)
+
+    @staticmethod
+    def add_fault(kind: str, route: str, count: int | None, params: Mapping[str, Any]) -> _Call:
+        return _Call("POST", "/_sim/faults", {"kind": kind, "route": route, "count": count, **params})
+
+    @staticmethod
+    def random_walk(enabled: bool, params: Mapping[str, Any]) -> _Call:
+        return _Call("POST", "/_sim/random-walk", {"enabled": enabled, **params})
+
+    @staticmethod
+    def set_account(api_key: str, cash: Price | None, holdings: Mapping[str, Any] | None) -> _Call:
+        body: dict[str, Any] = {}
+        if cash is not None:
+            body["cash"] = _money(cash)
+        if holdings is not None:
+            body["holdings"] = {
+                key: {"quantity": spec["quantity"], "average_price": _money(spec["average_price"])}
+                for key, spec in holdings.items()
+            }
+        return _Call("PUT", f"/_sim/accounts/{api_key}", body)
+
+
+def _result(response: httpx.Response) -> Any:
+    if response.status_code == 400 or response.status_code == 404:
+        raise SimControlError(response.json().get("error", response.text), response.status_code)
+    response.raise_for_status()
+    return response.json()
+
+
+class SimControl:
+    """Synchronous control client (tests, the demo)."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        self.url = url
+        self._http = httpx.Client(base_url=url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SimControl:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, call: _Call) -> Any:
+        return _result(self._http.request(call.method, call.path, json=call.body))
+
+    def health(self) -> dict[str, Any]:
+        return self._send(_Call("GET", "/_sim/health"))
+
+    def reset(self) -> None:
+        """Forget every order, account, token, request and fault; prices and fills to defaults."""
+        self._send(_Calls.reset())
+
+    def set_price(self, symbol: str, price: Price, exchange: str = "NSE") -> None:
+        """Set one last price; `symbol` may also be a full `EXCHANGE:SYMBOL` key."""
+        self._send(_Calls.set_prices({_instrument_key(symbol, exchange): price}))
+
+    def set_prices(self, prices: Mapping[str, Price]) -> None:
+        self._send(_Calls.set_prices(prices))
+
+    def prices(self) -> dict[str, Decimal]:
+        return {key: Decimal(value) for key, value in self._send(_Call("GET", "/_sim/prices")).items()}
+
+    def set_fill(self, **settings: Any) -> dict[str, Any]:
+        """delay_seconds, partial_fills, partial_interval_seconds, fill_ratio; others keep their value."""
+        return self._send(_Calls.set_fill(settings))
+
+    def fill(self) -> dict[str, Any]:
+        return self._send(_Call("GET", "/_sim/fill"))
+
+    def add_fault(self, kind: str, route: str = "*", count: int | None = 1, **params: Any) -> dict[str, Any]:
+        """Inject a fault; returns it with its `id`. `count=None` keeps it until cleared."""
+        return self._send(_Calls.add_fault(kind, route, count, params))
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self._send(_Call("GET", "/_sim/faults"))
+
+    def remove_fault(self, fault_id: int) -> None:
+        self._send(_Call("DELETE", f"/_sim/faults/{fault_id}"))
+
+    def clear_faults(self) -> None:
+        self._send(_Call("DELETE", "/_sim/faults"))
+
+    def orders(self) -> list[dict[str, Any]]:
+        """Every place-order request received since the last reset, across accounts."""
+        return self._send(_Call("GET", "/_sim/orders"))
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every order request (place, modify, cancel) received since the last reset."""
+        return self._send(_Call("GET", "/_sim/requests"))
+
+    def rate(self) -> dict[str, Any]:
+        return self._send(_Call("GET", "/_sim/rate"))
+
+    def expire_tokens(self, api_key: str | None = None) -> int:
+        return int(self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key}))["expired"])
+
+    def random_walk(self, enabled: bool, **params: Any) -> dict[str, Any]:
+        """interval_seconds, volatility (relative step), symbols (["NSE:INFY"]), seed."""
+        return self._send(_Calls.random_walk(enabled, params))
+
+    def set_account(
+        self, api_key: str, *, cash: Price | None = None, holdings: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return self._send(_Calls.set_account(api_key, cash, holdings))
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return self._send(_Call("GET", "/_sim/accounts"))
+
+
+class AsyncSimControl:
+    """`SimControl` for async code: the same methods, as coroutines."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        self.url = url
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncSimControl:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _send(self, call: _Call) -> Any:
+        return _result(await self._http.request(call.method, call.path, json=call.body))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._send(_Call("GET", "/_sim/health"))
+
+    async def reset(self) -> None:
+        await self._send(_Calls.reset())
+
+    async def set_price(self, symbol: str, price: Price, exchange: str = "NSE") -> None:
+        await self._send(_Calls.set_prices({_instrument_key(symbol, exchange): price}))
+
+    async def set_prices(self, prices: Mapping[str, Price]) -> None:
+        await self._send(_Calls.set_prices(prices))
+
+    async def prices(self) -> dict[str, Decimal]:
+        return {key: Decimal(value) for key, value in (await self._send(_Call("GET", "/_sim/prices"))).items()}
+
+    async def set_fill(self, **settings: Any) -> dict[str, Any]:
+        return await self._send(_Calls.set_fill(settings))
+
+    async def fill(self) -> dict[str, Any]:
+        return await self._send(_Call("GET", "/_sim/fill"))
+
+    async def add_fault(self, kind: str, route: str = "*", count: int | None = 1, **params: Any) -> dict[str, Any]:
+        return await self._send(_Calls.add_fault(kind, route, count, params))
+
+    async def faults(self) -> list[dict[str, Any]]:
+        return await self._send(_Call("GET", "/_sim/faults"))
+
+    async def remove_fault(self, fault_id: int) -> None:
+        await self._send(_Call("DELETE", f"/_sim/faults/{fault_id}"))
+
+    async def clear_faults(self) -> None:
+        await self._send(_Call("DELETE", "/_sim/faults"))
+
+    async def orders(self) -> list[dict[str, Any]]:
+        return await self._send(_Call("GET", "/_sim/orders"))
+
+    async def requests(self) -> list[dict[str, Any]]:
+        return await self._send(_Call("GET", "/_sim/requests"))
+
+    async def rate(self) -> dict[str, Any]:
+        return await self._send(_Call("GET", "/_sim/rate"))
+
+    async def expire_tokens(self, api_key: str | None = None) -> int:
+        return int((await self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key})))["expired"])
+
+    async def random_walk(self, enabled: bool, **params: Any) -> dict[str, Any]:
+        return await self._send(_Calls.random_walk(enabled, params))
+
+    async def set_account(
+        self, api_key: str, *, cash: Price | None = None, holdings: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self._send(_Calls.set_account(api_key, cash, holdings))
+
+    async def accounts(self) -> list[dict[str, Any]]:
+        return await self._send(_Call("GET", "/_sim/accounts"))

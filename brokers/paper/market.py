@@ -1,0 +1,116 @@
+"""Last prices and the day's quote per instrument; settable, and optionally a random walk."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from brokers.paper.clock import now_ist
+from brokers.paper.errors import ControlInputError
+from brokers.paper.instruments import BUILTIN_INSTRUMENTS, Instrument, instrument_key
+
+PAISA = Decimal("0.01")
+
+
+@dataclass
+class Quote:
+    instrument: Instrument
+    last_price: Decimal
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int = 0
+    last_quantity: int = 0
+    last_trade_time: datetime | None = None
+    updated_at: datetime = field(default_factory=now_ist)
+
+    @classmethod
+    def opening(cls, instrument: Instrument) -> Quote:
+        price = instrument.default_price
+        return cls(instrument, last_price=price, open=price, high=price, low=price, close=price)
+
+    def move_to(self, price: Decimal) -> None:
+        self.last_price = price
+        self.high = max(self.high, price)
+        self.low = min(self.low, price)
+        self.updated_at = now_ist()
+
+
+def parse_price(value: object, what: str) -> Decimal:
+    """A positive rupee amount with at most two decimals, from a JSON string or number."""
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise ControlInputError(f"{what}: {value!r} is not a number; send a price like \"2500.50\"") from None
+    if not price.is_finite() or price <= 0:
+        raise ControlInputError(f"{what}: the price must be positive, got {value!r}")
+    if price != price.quantize(PAISA):
+        raise ControlInputError(f"{what}: at most two decimals (paise), got {value!r}")
+    return price.quantize(PAISA)
+
+
+class Market:
+    def __init__(self, instruments: Iterable[Instrument] = BUILTIN_INSTRUMENTS):
+        self._instruments = {instrument.key: instrument for instrument in instruments}
+        self._quotes: dict[str, Quote] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Every price back to its default; the day's volume forgotten."""
+        self._quotes = {key: Quote.opening(instrument) for key, instrument in self._instruments.items()}
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._quotes)
+
+    def instrument(self, exchange: str, tradingsymbol: str) -> Instrument | None:
+        return self._instruments.get(instrument_key(exchange, tradingsymbol))
+
+    def quote(self, key: str) -> Quote | None:
+        return self._quotes.get(key)
+
+    def last_price(self, instrument: Instrument) -> Decimal:
+        return self._quotes[instrument.key].last_price
+
+    def set_prices(self, prices: Mapping[str, object]) -> list[str]:
+        """Set last prices by `EXCHANGE:SYMBOL`; all or none. Returns the keys that moved."""
+        parsed: dict[str, Decimal] = {}
+        for key, value in prices.items():
+            if key not in self._quotes:
+                raise ControlInputError(
+                    f"unknown instrument {key!r}: use EXCHANGE:TRADINGSYMBOL, one of {', '.join(self.keys)}"
+                )
+            parsed[key] = parse_price(value, key)
+        for key, price in parsed.items():
+            self._quotes[key].move_to(price)
+        return list(parsed)
+
+    def record_trade(self, instrument: Instrument, quantity: int, at: datetime) -> None:
+        quote = self._quotes[instrument.key]
+        quote.volume += quantity
+        quote.last_quantity = quantity
+        quote.last_trade_time = at
+
+    def random_step(self, rng: random.Random, volatility: float, keys: Iterable[str]) -> list[str]:
+        """Move each price by a normal step of `volatility` (relative), rounded to its tick."""
+        moved = []
+        for key in keys:
+            quote = self._quotes[key]
+            tick = quote.instrument.tick_size
+            change = Decimal(repr(rng.gauss(0.0, volatility))) * quote.last_price
+            price = (quote.last_price + change).quantize(tick, rounding=ROUND_HALF_EVEN)
+            # Snap to the instrument's tick grid, not merely to its number of decimals.
+            price = (price / tick).to_integral_value(rounding=ROUND_HALF_EVEN) * tick
+            price = max(price, tick)
+            if price != quote.last_price:
+                quote.move_to(price)
+                moved.append(key)
+        return moved
+
+    def restore(self, key: str, quote: Quote) -> None:
+        if key in self._quotes:
+            self._quotes[key] = quote
