@@ -77,6 +77,9 @@ DEFINITIVE_ERROR_BY_TYPE: dict[str, type[DefinitiveBrokerError]] = {
     "HoldingException": InsufficientHoldingsError,
 }
 
+# Kite has no error type for an unknown order id ("Couldn't find that `order_id`."): its words are the sign.
+ORDER_NOT_FOUND_MESSAGE = re.compile(r"couldn'?t find|not found|does not exist|no such order", re.IGNORECASE)
+
 CLIENT_SENDS_MARKET_PROTECTION = "market_protection" in inspect.signature(KiteConnect.place_order).parameters
 
 
@@ -414,7 +417,7 @@ def _classify_kite_error(
     if definitive is None and not answer_unreadable and status is not None and 400 <= status < 500:
         definitive = DefinitiveBrokerError
     if definitive is not None:
-        if order_id is not None and status == 404:
+        if order_id is not None and (status == 404 or ORDER_NOT_FOUND_MESSAGE.search(broker_message)):
             definitive = OrderNotFoundError
         return definitive(
             f"Kite refused {operation}: {broker_message} {context}",

@@ -275,6 +275,9 @@ async def test_unknown_order_id_is_order_not_found(broker: KiteBroker, fake: Fak
     fake.failure = lambda: kite_exceptions.GeneralException("Couldn't find that `order_id`.", 404)
     with pytest.raises(OrderNotFoundError):
         await broker.order_status("999")
+    fake.failure = lambda: kite_exceptions.InputException("Couldn't find that `order_id`.", 400)
+    with pytest.raises(OrderNotFoundError):
+        await broker.cancel_order("999")
     fake.failure = None
     fake.history = []
     with pytest.raises(OrderNotFoundError):

@@ -1,0 +1,249 @@
+"""KiteBroker with the real kiteconnect client against the paper broker: each fault, seen through the
+adapter's classification, and the order book proving what was and was not placed."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from brokers.base import BrokerOrder, OrderRequest
+from brokers.errors import (
+    AmbiguousBrokerError,
+    BrokerError,
+    InvalidOrderError,
+    OrderNotFoundError,
+    OrderRefusedError,
+    RateLimitedError,
+    SessionExpiredError,
+)
+from brokers.kite import KiteBroker
+from brokers.paper.testing import PaperBrokerServer
+
+API_KEY = "adapterkey"
+# Shorter than the faults' hold time, so a held answer surfaces as a client read timeout.
+HTTP_TIMEOUT_SECONDS = 0.5
+HOLD_SECONDS = 1.5
+POLLS = 200
+POLL_SECONDS = 0.02
+
+
+@pytest.fixture(scope="module")
+def paper_server() -> Iterator[PaperBrokerServer]:
+    with PaperBrokerServer(port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def paper(paper_server: PaperBrokerServer) -> PaperBrokerServer:
+    paper_server.control.reset()
+    paper_server.control.set_price("RELIANCE", "2500.5")
+    return paper_server
+
+
+@pytest.fixture
+def token(paper: PaperBrokerServer) -> str:
+    return paper.login(API_KEY)
+
+
+@pytest.fixture
+async def broker(paper: PaperBrokerServer, token: str) -> AsyncIterator[KiteBroker]:
+    broker = KiteBroker(API_KEY, token, root=paper.url, timeout=HTTP_TIMEOUT_SECONDS)
+    yield broker
+    broker.close()
+
+
+def market_buy(tag: str, **overrides: Any) -> OrderRequest:
+    fields: dict[str, Any] = {"exchange": "NSE", "tradingsymbol": "RELIANCE", "transaction_type": "BUY",
+                              "quantity": 10, "tag": tag, "market_protection": -1}
+    fields.update(overrides)
+    return OrderRequest(**fields)
+
+
+async def follow(broker: KiteBroker, order_id: str) -> BrokerOrder:
+    for _ in range(POLLS):
+        order = await broker.order_status(order_id)
+        if order.is_terminal:
+            return order
+        await asyncio.sleep(POLL_SECONDS)
+    raise AssertionError(f"order {order_id} is still {order.status} after {POLLS} polls")
+
+
+def placed_with_tag(paper: PaperBrokerServer, tag: str) -> list[dict[str, Any]]:
+    """Orders the paper broker created (not requests it refused) carrying `tag`."""
+    return [row for row in paper.control.orders() if row["tag"] == tag and row["order_id"]]
+
+
+def assert_no_secret(error: BaseException, token: str) -> None:
+    text = "".join(traceback.format_exception(error)) + repr(error) + repr(vars(error))
+    assert token not in text
+
+
+# ---- the happy path ---------------------------------------------------------------------------------
+
+
+async def test_market_order_is_placed_once_and_followed_to_complete(
+    paper: PaperBrokerServer, broker: KiteBroker
+) -> None:
+    order_id = await broker.place_order(market_buy("HAPPY1"))
+    done = await follow(broker, order_id)
+    assert (done.status, done.filled_quantity, done.average_price) == ("COMPLETE", 10, Decimal("2500.50"))
+    history = await broker.order_history(order_id)
+    assert history[0].status == "PUT ORDER REQ RECEIVED" and history[-1].status == "COMPLETE"
+    found = await broker.find_order_by_tag("HAPPY1")
+    assert found is not None and found.order_id == order_id and found.tag == "HAPPY1"
+    [position] = await broker.positions()
+    assert (position.tradingsymbol, position.quantity, position.average_price) == ("RELIANCE", 10,
+                                                                                   Decimal("2500.50"))
+    assert await broker.last_price("NSE", "RELIANCE") == Decimal("2500.50")
+    assert len(placed_with_tag(paper, "HAPPY1")) == 1
+
+
+async def test_resting_limit_order_is_modified_then_cancelled(broker: KiteBroker) -> None:
+    order_id = await broker.place_order(market_buy("LIMIT1", order_type="LIMIT", price=Decimal("2400.05"),
+                                                   market_protection=None))
+    await broker.modify_order(order_id, price=Decimal("2410.10"))
+    resting = await broker.order_status(order_id)
+    assert (resting.status, resting.price) == ("OPEN", Decimal("2410.10"))
+    await broker.cancel_order(order_id)
+    cancelled = await follow(broker, order_id)
+    assert (cancelled.status, cancelled.cancelled_quantity) == ("CANCELLED", 10)
+    with pytest.raises(OrderRefusedError, match="cannot be cancelled"):
+        await broker.cancel_order(order_id)
+
+
+async def test_unknown_order_id_is_not_found(broker: KiteBroker) -> None:
+    with pytest.raises(OrderNotFoundError):
+        await broker.order_status("999999999999999")
+    assert await broker.find_order_by_tag("NEVERPLACED") is None
+
+
+# ---- each fault, classified ------------------------------------------------------------------------
+
+
+async def test_answer_lost_after_accept_is_ambiguous_and_found_by_tag(
+    paper: PaperBrokerServer, broker: KiteBroker, token: str
+) -> None:
+    paper.control.add_fault("accept_then_timeout", route="place_order", seconds=HOLD_SECONDS)
+    with pytest.raises(AmbiguousBrokerError) as caught:
+        await broker.place_order(market_buy("LATE1"))
+    assert caught.value.error_type == "ReadTimeout" and caught.value.may_have_reached_broker
+    assert_no_secret(caught.value, token)
+    found = await broker.find_order_by_tag("LATE1")
+    assert found is not None
+    assert [row["order_id"] for row in placed_with_tag(paper, "LATE1")] == [found.order_id]
+
+
+async def test_too_many_requests_is_rate_limited_and_places_nothing(
+    paper: PaperBrokerServer, broker: KiteBroker
+) -> None:
+    paper.control.add_fault("http_429", route="place_order")
+    with pytest.raises(RateLimitedError) as caught:
+        await broker.place_order(market_buy("BUSY1"))
+    assert (caught.value.http_status, caught.value.error_type) == (429, "NetworkException")
+    assert await broker.find_order_by_tag("BUSY1") is None
+    assert placed_with_tag(paper, "BUSY1") == []
+
+
+@pytest.mark.parametrize(("kind", "status", "error_type"), [
+    ("http_500", 500, "GeneralException"),
+    ("http_502", 502, "NetworkException"),
+    ("http_503", 503, "NetworkException"),
+])
+async def test_server_errors_are_ambiguous(
+    paper: PaperBrokerServer, broker: KiteBroker, kind: str, status: int, error_type: str
+) -> None:
+    paper.control.add_fault(kind, route="place_order")
+    with pytest.raises(AmbiguousBrokerError) as caught:
+        await broker.place_order(market_buy("ERR1"))
+    assert (caught.value.http_status, caught.value.error_type) == (status, error_type)
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize(("after_accept", "placed"), [(False, 0), (True, 1)], ids=["before", "after"])
+async def test_dropped_connection_is_ambiguous(
+    paper: PaperBrokerServer, broker: KiteBroker, after_accept: bool, placed: int
+) -> None:
+    paper.control.add_fault("drop_connection", route="place_order", after_accept=after_accept)
+    with pytest.raises(AmbiguousBrokerError) as caught:
+        await broker.place_order(market_buy("DROP1"))
+    # The connection opened, so the client cannot know whether the order went through.
+    assert caught.value.may_have_reached_broker
+    found = await broker.find_order_by_tag("DROP1")
+    assert (found is not None) == bool(placed)
+    assert len(placed_with_tag(paper, "DROP1")) == placed
+
+
+async def test_rejected_order_ends_rejected_with_the_message(
+    paper: PaperBrokerServer, broker: KiteBroker
+) -> None:
+    paper.control.add_fault("reject", route="place_order", message="RMS:Margin Exceeds")
+    order_id = await broker.place_order(market_buy("REJ1"))
+    rejected = await follow(broker, order_id)
+    assert (rejected.status, rejected.status_message) == ("REJECTED", "RMS:Margin Exceeds")
+    assert rejected.filled_quantity == 0
+
+
+async def test_input_error_is_definitive(paper: PaperBrokerServer, broker: KiteBroker) -> None:
+    with pytest.raises(InvalidOrderError) as caught:
+        await broker.place_order(market_buy("BADIN1", product="XYZ"))
+    assert (caught.value.http_status, caught.value.error_type) == (400, "InputException")
+    assert "product" in (caught.value.broker_message or "")
+    assert not caught.value.retryable
+    assert placed_with_tag(paper, "BADIN1") == []
+
+
+async def test_expired_token_needs_relogin(paper: PaperBrokerServer, broker: KiteBroker, token: str) -> None:
+    paper.control.expire_tokens(API_KEY)
+    failures: list[BrokerError] = []
+    for call in (broker.place_order(market_buy("EXP1")), broker.find_order_by_tag("EXP1"), broker.positions()):
+        with pytest.raises(SessionExpiredError) as caught:
+            await call
+        assert (caught.value.http_status, caught.value.error_type) == (403, "TokenException")
+        assert "re-login needed" in str(caught.value)
+        failures.append(caught.value)
+    for failure in failures:
+        assert_no_secret(failure, token)
+
+
+async def test_no_error_or_repr_carries_the_access_token(
+    paper: PaperBrokerServer, broker: KiteBroker, token: str
+) -> None:
+    faults: list[tuple[str, dict[str, Any]]] = [
+        ("accept_then_timeout", {"seconds": HOLD_SECONDS}), ("http_429", {}), ("http_500", {}), ("http_503", {}),
+        ("drop_connection", {"after_accept": True}),
+    ]
+    errors: list[BrokerError] = []
+    for kind, params in faults:
+        paper.control.add_fault(kind, route="place_order", **params)
+        with pytest.raises(BrokerError) as caught:
+            await broker.place_order(market_buy("SECRET1"))
+        errors.append(caught.value)
+    with pytest.raises(BrokerError) as caught:
+        await broker.place_order(market_buy("SECRET1", product="XYZ"))
+    errors.append(caught.value)
+    assert len(errors) == len(faults) + 1
+    for error in errors:
+        assert_no_secret(error, token)
+    assert token not in repr(broker)
+
+
+# ---- pacing ------------------------------------------------------------------------------------------------
+
+
+async def test_paced_burst_stays_under_the_brokers_limit(paper: PaperBrokerServer, token: str) -> None:
+    broker = KiteBroker(API_KEY, token, root=paper.url, timeout=2.0, orders_per_second=10)
+    try:
+        order_ids = await asyncio.gather(
+            *(broker.place_order(market_buy(f"PACE{n}", quantity=1)) for n in range(15))
+        )
+    finally:
+        broker.close()
+    assert len(set(order_ids)) == 15
+    requests = paper.control.requests()
+    assert len(requests) == 15
+    assert not any(row["rate_limited"] for row in requests)
