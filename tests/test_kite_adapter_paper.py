@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -25,34 +25,32 @@ from brokers.kite import KiteBroker
 from brokers.paper.testing import PaperBrokerServer
 
 API_KEY = "adapterkey"
-# Shorter than the faults' hold time, so a held answer surfaces as a client read timeout.
-HTTP_TIMEOUT_SECONDS = 0.5
+# Generous, so a loaded machine does not turn an ordinary answer into a timeout.
+HTTP_TIMEOUT_SECONDS = 2.0
+# For the lost-answer faults: a held answer must outlast the client's timeout.
+SHORT_TIMEOUT_SECONDS = 0.5
 HOLD_SECONDS = 1.5
 POLLS = 200
 POLL_SECONDS = 0.02
 
 
-@pytest.fixture(scope="module")
-def paper_server() -> Iterator[PaperBrokerServer]:
-    with PaperBrokerServer(port=0) as server:
-        yield server
-
-
-@pytest.fixture
-def paper(paper_server: PaperBrokerServer) -> PaperBrokerServer:
-    paper_server.control.reset()
-    paper_server.control.set_price("RELIANCE", "2500.5")
-    return paper_server
-
-
 @pytest.fixture
 def token(paper: PaperBrokerServer) -> str:
+    """Today's access token of the adapter's paper account, with RELIANCE at 2500.50."""
+    paper.control.set_price("RELIANCE", "2500.5")
     return paper.login(API_KEY)
 
 
 @pytest.fixture
 async def broker(paper: PaperBrokerServer, token: str) -> AsyncIterator[KiteBroker]:
     broker = KiteBroker(API_KEY, token, root=paper.url, timeout=HTTP_TIMEOUT_SECONDS)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+async def impatient_broker(paper: PaperBrokerServer, token: str) -> AsyncIterator[KiteBroker]:
+    broker = KiteBroker(API_KEY, token, root=paper.url, timeout=SHORT_TIMEOUT_SECONDS)
     yield broker
     broker.close()
 
@@ -126,8 +124,9 @@ async def test_unknown_order_id_is_not_found(broker: KiteBroker) -> None:
 
 
 async def test_answer_lost_after_accept_is_ambiguous_and_found_by_tag(
-    paper: PaperBrokerServer, broker: KiteBroker, token: str
+    paper: PaperBrokerServer, impatient_broker: KiteBroker, token: str
 ) -> None:
+    broker = impatient_broker
     paper.control.add_fault("accept_then_timeout", route="place_order", seconds=HOLD_SECONDS)
     with pytest.raises(AmbiguousBrokerError) as caught:
         await broker.place_order(market_buy("LATE1"))
@@ -211,8 +210,9 @@ async def test_expired_token_needs_relogin(paper: PaperBrokerServer, broker: Kit
 
 
 async def test_no_error_or_repr_carries_the_access_token(
-    paper: PaperBrokerServer, broker: KiteBroker, token: str
+    paper: PaperBrokerServer, impatient_broker: KiteBroker, token: str
 ) -> None:
+    broker = impatient_broker
     faults: list[tuple[str, dict[str, Any]]] = [
         ("accept_then_timeout", {"seconds": HOLD_SECONDS}), ("http_429", {}), ("http_500", {}), ("http_503", {}),
         ("drop_connection", {"after_accept": True}),
@@ -236,6 +236,7 @@ async def test_no_error_or_repr_carries_the_access_token(
 
 
 async def test_paced_burst_stays_under_the_brokers_limit(paper: PaperBrokerServer, token: str) -> None:
+    # Unpaced, the same burst from 8 threads had 5 of 15 refused with 429.
     broker = KiteBroker(API_KEY, token, root=paper.url, timeout=2.0, orders_per_second=10)
     try:
         order_ids = await asyncio.gather(
