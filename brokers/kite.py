@@ -15,7 +15,6 @@ import logging
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -96,6 +95,20 @@ class KiteClient(Protocol):
     def ltp(self, *instruments: str) -> Any: ...
 
 
+class PacedTurn:
+    """One order request's place in the window: the time it was let through, then the time it was sent."""
+
+    __slots__ = ("_clock", "at")
+
+    def __init__(self, at: float, clock: Callable[[], float]):
+        self.at = at
+        self._clock = clock
+
+    def mark_sent(self) -> None:
+        # A request that waited for a free thread counts from when it really left.
+        self.at = self._clock()
+
+
 class OrderPacer:
     """At most `per_second` order requests in any one-second window, from this process.
 
@@ -117,20 +130,22 @@ class OrderPacer:
         self._clock = clock
         self._sleep = sleep
         self._window = window_seconds
-        self._sent: deque[float] = deque()
+        self._turns: list[PacedTurn] = []
         self._lock = asyncio.Lock()
 
-    async def wait_turn(self) -> None:
+    async def wait_turn(self) -> PacedTurn:
         # The lock makes waiters take turns in arrival order.
         async with self._lock:
             while True:
                 now = self._clock()
-                while self._sent and now - self._sent[0] >= self._window:
-                    self._sent.popleft()
-                if len(self._sent) < self.per_second:
-                    self._sent.append(now)
-                    return
-                await self._sleep(self._window - (now - self._sent[0]))
+                # Sent times move turns later, out of grant order: prune every expired one.
+                self._turns = [turn for turn in self._turns if now - turn.at < self._window]
+                if len(self._turns) < self.per_second:
+                    turn = PacedTurn(now, self._clock)
+                    self._turns.append(turn)
+                    return turn
+                earliest = min(turn.at for turn in self._turns)
+                await self._sleep(self._window - (now - earliest))
 
 
 class KiteBroker:
@@ -207,10 +222,10 @@ class KiteBroker:
 
     async def place_order(self, request: OrderRequest) -> str:
         params = order_params(request)
-        if self._pacer is not None:
-            await self._pacer.wait_turn()
+        turn = await self._wait_turn()
 
         def place() -> str:
+            _mark_sent(turn)
             return _order_id(self._client.place_order(**params))
 
         return await self._call("place_order", place)
@@ -257,10 +272,10 @@ class KiteBroker:
         return await self._call("order_history", history, order_id=order_id)
 
     async def cancel_order(self, order_id: str, variety: str = "regular") -> str:
-        if self._pacer is not None:
-            await self._pacer.wait_turn()
+        turn = await self._wait_turn()
 
         def cancel() -> str:
+            _mark_sent(turn)
             return _order_id(self._client.cancel_order(variety=variety, order_id=order_id))
 
         return await self._call("cancel_order", cancel, order_id=order_id)
@@ -288,10 +303,10 @@ class KiteBroker:
             raise InvalidOrderError(
                 f"modify_order({order_id}) changes nothing: pass quantity, price, trigger_price or order_type"
             )
-        if self._pacer is not None:
-            await self._pacer.wait_turn()
+        turn = await self._wait_turn()
 
         def modify() -> str:
+            _mark_sent(turn)
             return _order_id(self._client.modify_order(variety=variety, order_id=order_id, **changes))
 
         return await self._call("modify_order", modify, order_id=order_id)
@@ -321,6 +336,9 @@ class KiteBroker:
         return await self._call("ltp", ltp)
 
     # ---- calling the client ---------------------------------------------------------------------
+
+    async def _wait_turn(self) -> PacedTurn | None:
+        return await self._pacer.wait_turn() if self._pacer is not None else None
 
     async def _call(self, operation: str, call: Callable[[], T], *, order_id: str | None = None) -> T:
         if self._closed:
@@ -637,6 +655,11 @@ def _rows(answer: Any) -> Sequence[Mapping[str, Any]]:
 def _carries_tag(row: Mapping[str, Any], tag: str) -> bool:
     tags = row.get("tags")
     return row.get("tag") == tag or (isinstance(tags, list) and tag in tags)
+
+
+def _mark_sent(turn: PacedTurn | None) -> None:
+    if turn is not None:
+        turn.mark_sent()
 
 
 def _order_id(answer: Any) -> str:

@@ -42,7 +42,7 @@ from brokers.errors import (
     SessionExpiredError,
 )
 from brokers.factory import KiteBrokerFactory
-from brokers.kite import KiteBroker, OrderPacer, classify_failure, order_from_kite
+from brokers.kite import KiteBroker, OrderPacer, PacedTurn, classify_failure, order_from_kite
 from engine.settings import Settings
 from tests.fixtures.ports import free_port
 
@@ -509,13 +509,36 @@ async def test_pacer_lets_n_through_then_waits_for_the_window() -> None:
     assert sleeps == [pytest.approx(0.7), pytest.approx(0.1)]
 
 
+async def test_pacer_counts_a_late_send_from_when_it_left() -> None:
+    now = [100.0]
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    pacer = OrderPacer(2, clock=lambda: now[0], sleep=fake_sleep, window_seconds=1.0)
+    first = await pacer.wait_turn()
+    await pacer.wait_turn()
+    now[0] = 100.5
+    first.mark_sent()  # it waited for a thread and left at 100.5, not 100.0
+    now[0] = 101.0
+    await pacer.wait_turn()  # the 2nd (100.0) has left the window, the 1st (100.5) has not
+    assert sleeps == []
+    await pacer.wait_turn()  # waits for the late 1st to leave, at 101.5
+    assert sleeps == [pytest.approx(0.5)]
+
+
 async def test_paced_broker_waits_its_turn_for_orders_only(fake: FakeKiteClient) -> None:
     broker = KiteBroker(API_KEY, ACCESS_TOKEN, client=fake, orders_per_second=2)
     turns: list[str] = []
     assert broker._pacer is not None
 
-    async def record_turn() -> None:
+    take_turn = broker._pacer.wait_turn
+
+    async def record_turn() -> PacedTurn:
         turns.append("turn")
+        return await take_turn()
 
     broker._pacer.wait_turn = record_turn  # type: ignore[method-assign]
     try:
