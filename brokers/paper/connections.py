@@ -42,12 +42,14 @@ class DroppedConnection(Response):
         super().__init__(status_code=500)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        transports = scope.get("state", {}).get(TRANSPORTS_KEY, {})
-        transport = transports.get(tuple(client)) if client else None
-        if transport is None:
+        transports = scope.get("state", {}).get(TRANSPORTS_KEY)
+        if transports is None:
             raise RuntimeError("dropping a connection needs the paper broker's uvicorn protocol "
                                "(brokers.paper.app.serve_config)")
+        client = scope.get("client")
+        transport = transports.get(tuple(client)) if client else None
+        if transport is None:
+            return  # the client has already gone
         transport.close()
         # Wait for the server to notice, or it would answer 500 in the app's place.
         while (await receive())["type"] != "http.disconnect":

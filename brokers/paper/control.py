@@ -157,6 +157,10 @@ class SimControl:
     def rate(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/_sim/rate"))
 
+    def set_rate_limit(self, orders_per_second: int) -> None:
+        """Order requests per account per second before HTTP 429 (0: no limit) until the next reset."""
+        self._send(_Call("PUT", "/_sim/rate", {"orders_per_second": orders_per_second}))
+
     def expire_tokens(self, api_key: str | None = None) -> int:
         return int(self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key}))["expired"])
 
@@ -233,6 +237,9 @@ class AsyncSimControl:
 
     async def rate(self) -> dict[str, Any]:
         return await self._send(_Call("GET", "/_sim/rate"))
+
+    async def set_rate_limit(self, orders_per_second: int) -> None:
+        await self._send(_Call("PUT", "/_sim/rate", {"orders_per_second": orders_per_second}))
 
     async def expire_tokens(self, api_key: str | None = None) -> int:
         return int((await self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key})))["expired"])

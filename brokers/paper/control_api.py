@@ -65,6 +65,7 @@ class ControlApi:
             route("/orders", "GET", self.orders),
             route("/requests", "GET", self.requests),
             route("/rate", "GET", self.rate),
+            route("/rate", "PUT", self.set_rate_limit),
             route("/tokens/expire", "POST", self.expire_tokens),
             route("/accounts", "GET", self.accounts),
             route("/accounts/{api_key}", "PUT", self.set_account),
@@ -139,6 +140,15 @@ class ControlApi:
 
     async def rate(self, request: Request) -> dict[str, Any]:
         return self.sim.requests.rate(self.sim.limiter.per_second)
+
+    async def set_rate_limit(self, request: Request) -> dict[str, Any]:
+        body = await _json_object(request)
+        per_second = body.get("orders_per_second")
+        if set(body) != {"orders_per_second"} or isinstance(per_second, bool) or not isinstance(per_second, int) \
+                or per_second < 0:
+            raise ControlInputError('send {"orders_per_second": N}: a whole number, 0 for no limit')
+        self.sim.limiter.per_second = per_second
+        return {"orders_per_second": per_second}
 
     async def expire_tokens(self, request: Request) -> dict[str, Any]:
         body = await _json_object(request, allow_empty=True)

@@ -80,6 +80,7 @@ class Simulator:
         self.faults.clear()
         self.requests.clear()
         self.limiter.clear()
+        self.limiter.per_second = self.config.orders_per_second
         self.random_walk = self.config.random_walk
         self._restart_walker()
 

@@ -69,7 +69,8 @@ class PaperBrokerServer:
     def start(self) -> PaperBrokerServer:
         if self._server is not None:
             raise PaperBrokerError(f"the paper broker is already running at {self.url}")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off only for sockets that say they are TCP.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind((self.host, self.port))
