@@ -66,7 +66,8 @@ RUPEE_QUANTUM = Decimal("0.01")
 # Currency derivatives quote to four places (tick 0.0025); everything else in rupees and paise.
 PRICE_QUANTUM_BY_EXCHANGE = {"CDS": Decimal("0.0001"), "BCD": Decimal("0.0001")}
 
-# Kite error types the 5.2.2 client has no class for: they arrive as GeneralException.
+# Kite error types that mean "no". The client has classes for the first three; the rest arrive as
+# GeneralException, and the answer's error_type (kept by a response hook) names them.
 DEFINITIVE_ERROR_BY_TYPE: dict[str, type[DefinitiveBrokerError]] = {
     "InputException": InvalidOrderError,
     "PermissionException": PermissionDeniedError,
