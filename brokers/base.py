@@ -101,6 +101,10 @@ class Broker(Protocol):
         """The latest state of today's order carrying `tag`, or None."""
         ...
 
+    async def orders(self) -> list[BrokerOrder]:
+        """Today's order book: the latest state of every order."""
+        ...
+
     async def order_status(self, order_id: str) -> BrokerOrder:
         """The latest state of one order."""
         ...

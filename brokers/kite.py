@@ -247,6 +247,14 @@ class KiteBroker:
                         ", ".join(order.order_id for order in live))
         return (live or matches)[-1]
 
+    async def orders(self) -> list[BrokerOrder]:
+        """Today's order book: the latest state of every order, in the broker's order."""
+
+        def book() -> list[BrokerOrder]:
+            return [order_from_kite(row) for row in _rows(self._client.orders())]
+
+        return await self._call("orders", book)
+
     async def find_orders_by_tag(self, tag: str) -> list[BrokerOrder]:
         """Every order of today's book that carries `tag`, oldest first."""
 
