@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -115,7 +117,7 @@ def test_a_configured_api_secret_must_match_the_checksum() -> None:
     lambda k: k.modify_order("regular", "1", price=10), lambda k: k.cancel_order("regular", "1"),
 ], ids=["profile", "margins", "orders", "trades", "positions", "holdings", "ltp", "quote", "ohlc",
         "order_history", "order_trades", "place_order", "modify_order", "cancel_order"])
-def test_every_route_but_login_needs_a_token(paper: PaperBrokerServer, call) -> None:
+def test_every_route_but_login_needs_a_token(paper: PaperBrokerServer, call: Callable[[KiteConnect], object]) -> None:
     anonymous = KiteConnect("nobody", root=paper.url, timeout=2)
     with pytest.raises(kite_errors.TokenException) as refused:
         call(anonymous)
@@ -149,8 +151,8 @@ def test_tokens_die_after_the_configured_lifetime() -> None:
     with PaperBrokerServer(port=0, token_lifetime_seconds=0.2) as server:
         kite = server.kite("short")
         assert kite.profile()
-        deadline = datetime.now().timestamp() + 5
-        while datetime.now().timestamp() < deadline:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
             try:
                 kite.profile()
             except kite_errors.TokenException:
@@ -276,9 +278,9 @@ def test_the_random_walk_moves_prices_on_their_tick(paper: PaperBrokerServer, ki
     settings = paper.control.random_walk(True, interval_seconds=0.005, volatility=0.01, symbols=["NSE:INFY"], seed=7)
     assert settings["enabled"] is True
     try:
-        deadline = datetime.now().timestamp() + 5
+        deadline = time.monotonic() + 5
         while kite.ltp("NSE:INFY")["NSE:INFY"]["last_price"] == before:
-            assert datetime.now().timestamp() < deadline, "the random walk never moved INFY"
+            assert time.monotonic() < deadline, "the random walk never moved INFY"
     finally:
         paper.control.random_walk(False)
     moved = paper.control.prices()
