@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from store import migrate as migrations
-from store.db import READ_ONLY_OPTION, create_engine
+from store.db import READ_ONLY_OPTION, create_engine, parse_database_url
 from store.errors import (
     BrokerAccountNotFound,
     ConcurrentUpdate,
@@ -64,6 +64,7 @@ class StoreBase:
     ) -> Self:
         """Open the store; does not migrate. Without a key, SQLite uses (or makes) secret.key beside
         its file and PostgreSQL refuses to start."""
+        parse_database_url(database_url)
         secret_box = SecretBox(resolve_secret_key(database_url, secret_key))
         engine = create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow, hide_parameters=True)
         return cls(engine, secret_box)
@@ -121,6 +122,7 @@ class StoreBase:
 
     async def _strategy_row(self, session: AsyncSession, strategy_id: int, *, lock: bool = False) -> Strategy:
         """The strategy; with lock=True held (SELECT ... FOR UPDATE) until the transaction ends."""
+        positive_int(strategy_id, "strategy_id")
         query = select(Strategy).where(Strategy.id == strategy_id)
         if lock:
             query = query.with_for_update().execution_options(populate_existing=True)

@@ -1,7 +1,9 @@
-"""Alembic migrations, run programmatically on the store's own engine (PostgreSQL and SQLite alike)."""
+"""Alembic migrations, run programmatically against the store's database (PostgreSQL and SQLite alike)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +18,8 @@ ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 # pg_advisory_xact_lock key held while migrating, so concurrent starts do not race.
 MIGRATION_LOCK_ID = 0x6B69746573746F72
+# Alembic keeps its migration context in module globals: one command at a time per process.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config(database_url: str | None = None) -> Config:
@@ -37,13 +40,11 @@ def head_revision() -> str:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.begin() as connection:
-        await connection.run_sync(_run_command, command.upgrade, revision)
+    await asyncio.to_thread(_run_command, _url_of(engine), command.upgrade, revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with engine.begin() as connection:
-        await connection.run_sync(_run_command, command.downgrade, revision)
+    await asyncio.to_thread(_run_command, _url_of(engine), command.downgrade, revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -53,7 +54,11 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         )
 
 
-def _run_command(connection: Connection, alembic_command: Callable[[Config, str], object], revision: str) -> None:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    alembic_command(config, revision)
+def _url_of(engine: AsyncEngine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _run_command(database_url: str, alembic_command: Callable[[Config, str], object], revision: str) -> None:
+    """In a worker thread: env.py runs its own event loop and engine there."""
+    with _ALEMBIC_LOCK:
+        alembic_command(alembic_config(database_url), revision)

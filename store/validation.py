@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
@@ -117,7 +117,7 @@ def aware_datetime(value: Any, field: str) -> datetime:
         raise InvalidInput(f"{field} must be a datetime, got {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInput(f"{field} must be timezone-aware (for example datetime.now(UTC)), got {value!r}")
-    return value
+    return value.astimezone(UTC)
 
 
 def optional_aware_datetime(value: Any, field: str) -> datetime | None:
