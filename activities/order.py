@@ -157,14 +157,24 @@ class OrderActivities:
         )
 
         def validate(locked: StrategyRecord) -> None:
+            locked_quantity = locked.quantity if intent.order_type is OrderType.BUY else locked.open_quantity
+            if locked_quantity != quantity:
+                raise errors.ValidationFailed(
+                    f"strategy {locked.id} changed while the order was prepared: try again"
+                )
             self.validate(intent.order_type, intent.user_id, locked, quantity, _now())
 
         try:
+            validate(strategy)  # on the snapshot first: a refusal needs no lock
             await self.store.begin_order(new_order, validate)
         except errors.ValidationFailed as refused:
             raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None
         except OrderInFlight as busy:
             raise ApplicationError(str(busy), type=errors.ORDER_IN_FLIGHT, non_retryable=True) from None
+        except StoreError as failed:
+            if failed.retryable:
+                raise
+            raise ApplicationError(str(failed), type=errors.VALIDATION_FAILED, non_retryable=True) from None
         return OrderTicket(
             order_key=request.order_key,
             strategy_id=strategy.id,

@@ -14,6 +14,7 @@ from decimal import Decimal
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     Priority,
+    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -110,11 +111,11 @@ class OrderStarter:
                 task_timeout=timedelta(seconds=max(10.0, self.settings.broker_http_timeout_seconds + 3)),
                 search_attributes=TypedSearchAttributes(
                     [
-                        STRATEGY_ID.value_set(str(record.id)),
-                        USER_ID.value_set(str(record.user_id)),
-                        ORDER_TYPE.value_set(order_type.value),
-                        SYMBOL.value_set(record.symbol),
-                        ORDER_STATUS.value_set("STARTED"),
+                        SearchAttributePair(STRATEGY_ID, str(record.id)),
+                        SearchAttributePair(USER_ID, str(record.user_id)),
+                        SearchAttributePair(ORDER_TYPE, order_type.value),
+                        SearchAttributePair(SYMBOL, record.symbol),
+                        SearchAttributePair(ORDER_STATUS, "STARTED"),
                     ]
                 ),
                 static_summary=f"{order_type} {quantity} {record.symbol} for strategy {record.id} ({record.name})",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -12,12 +13,18 @@ from temporalio.exceptions import ApplicationError
 
 from engine.errors import DuplicateOrderError
 from engine.ids import OrderType
-from engine.models import OrderResult, Outcome
+from engine.models import OrderIntent, OrderResult, Outcome
 from tests.fixtures.temporal import Engine
+from workflows.order import OrderWorkflow
 
 
 def broker_orders(engine: Engine, api_key: str = "acct1") -> list[dict]:
-    return [order for order in engine.paper.control.orders() if order["api_key"] == api_key]
+    """Orders the paper broker created for the account (requests it refused made none)."""
+    return [
+        order
+        for order in engine.paper.control.orders()
+        if order["api_key"] == api_key and order["order_id"] is not None
+    ]
 
 
 async def failure_of(handle) -> ApplicationError:  # type: ignore[no-untyped-def]
@@ -96,8 +103,17 @@ async def test_validation_refuses_with_its_own_message(
         await (await engine.starter.place_buy_order(strategy)).result()
     sent_before = len(broker_orders(engine))
 
-    handle = await engine.starter.start_order(
-        strategy.id, order_type, trigger_price=Decimal("1") if order_type is OrderType.SL_SELL else None
+    # Started under an id of its own: the starter's de-duplication would refuse a repeated entry first.
+    handle = await engine.client.start_workflow(
+        OrderWorkflow.run,
+        OrderIntent(
+            strategy_id=strategy.id,
+            user_id=strategy.user_id,
+            order_type=order_type,
+            trigger_price=Decimal("1") if order_type is OrderType.SL_SELL else None,
+        ),
+        id=f"validation-{uuid.uuid4()}",
+        task_queue=engine.settings.task_queue,
     )
     failure = await failure_of(handle)
 
@@ -226,5 +242,5 @@ async def test_sell_and_stop_loss_racing_make_one_order(engine: Engine) -> None:
     assert isinstance(sell if winners[0] is stop else stop, DuplicateOrderError)
     result: OrderResult = await winners[0].result()
     assert result.filled_quantity == 6
-    sells = [o for o in broker_orders(engine) if o["transaction_type"] == "SELL"]
+    sells = [o for o in broker_orders(engine) if o["side"] == "SELL"]
     assert len(sells) == 1

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.alerts import AlertActivities
@@ -69,6 +69,7 @@ def outcome_of(state: BrokerOrderState) -> Outcome:
 
 
 def _cause(error: BaseException) -> ApplicationError | None:
+    """The ApplicationError an activity raised: wrapped for activities, bare for local activities."""
     cause = error.cause if isinstance(error, ActivityError) else error
     return cause if isinstance(cause, ApplicationError) else None
 
@@ -141,7 +142,7 @@ class OrderWorkflow:
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=STORE_RETRY,
             )
-        except ActivityError as refused:
+        except FailureError as refused:  # local activities fail with the activity's own error
             return await self._end_unplaced(key, None, Outcome.INVALID, refused)
         self._ticket = ticket
         policy = ticket.policy
@@ -164,7 +165,7 @@ class OrderWorkflow:
                     non_retryable_error_types=[errors.BROKER_REFUSED, errors.SESSION_EXPIRED],
                 ),
             )
-        except ActivityError as failed:
+        except FailureError as failed:
             cause = _cause(failed)
             if cause is None or cause.type != errors.BROKER_AMBIGUOUS:
                 return await self._end_unplaced(key, ticket, Outcome.FAILED, failed)
@@ -276,7 +277,7 @@ class OrderWorkflow:
         return self._conclude(result)
 
     async def _end_unplaced(
-        self, key: str, ticket: OrderTicket | None, outcome: Outcome, error: ActivityError | None
+        self, key: str, ticket: OrderTicket | None, outcome: Outcome, error: FailureError | None
     ) -> OrderResult:
         """Nothing reached the broker (or it refused the request outright)."""
         intent = self._require_intent()
@@ -372,7 +373,7 @@ class OrderWorkflow:
             result,
             type=result.outcome.value,
             non_retryable=True,
-        )
+        ) from None
 
     def _set_stage(self, stage: str) -> None:
         self._stage = stage
