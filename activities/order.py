@@ -55,6 +55,17 @@ class BrokerFactory(Protocol):
     def for_credentials(self, api_key: str, access_token: str) -> Broker: ...
 
 
+class OrderPacer(Protocol):
+    """Spaces order requests (place, modify, cancel) of one broker account across every worker."""
+
+    async def wait_turn(self, account_id: int) -> None: ...
+
+
+class NoPacing:
+    async def wait_turn(self, account_id: int) -> None:
+        return None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -108,8 +119,10 @@ class OrderActivities:
         settings: Settings,
         calendar: MarketCalendar | None = None,
         events: EventBus | None = None,
+        pacer: OrderPacer | None = None,
     ):
         self.store = store
+        self.pacer = pacer or NoPacing()
         self.brokers = brokers
         self.settings = settings
         self.calendar = calendar or MarketCalendar()
@@ -246,6 +259,7 @@ class OrderActivities:
             tag=ticket.tag,
             market_protection=ticket.policy.market_protection,
         )
+        await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
         await self.store.set_placement_started(ticket.order_key, sent_at)
         try:
@@ -350,6 +364,7 @@ class OrderActivities:
     @activity.defn(name="cancel_at_broker")
     async def cancel_at_broker(self, request: CancelAtBroker) -> CancelAnswer:
         broker = await self._broker(request.ticket.broker_account_id)
+        await self.pacer.wait_turn(request.ticket.broker_account_id)
         try:
             await broker.cancel_order(request.broker_order_id)
         except (SessionExpiredError, RateLimitedError, AmbiguousBrokerError) as error:
