@@ -1,0 +1,332 @@
+"""Temporal Schedules per strategy: a BUY at its entry time and a SELL at its exit time.
+
+Each strategy has up to two schedules, `strategy:{id}:entry` and `strategy:{id}:exit`, firing at the
+strategy's times in Asia/Kolkata, Monday to Friday, with NSE holidays (`NSE_HOLIDAYS`) skipped. A short
+catch-up window (`SCHEDULE_CATCHUP_WINDOW_SECONDS`, default 60 s) means a market order that missed its
+time is dropped, not sent late; overlap policy SKIP. What a schedule starts is a `ScheduledOrderWorkflow`,
+whose activity (`ScheduledOrderActivities.start_scheduled_order`) starts the order through
+`OrderStarter.start_order`: a schedule that fires twice makes one order.
+
+`StrategySchedules.sync(strategy)` makes Temporal match the strategy — created, updated when its times
+change, paused while it is stopped, resumed when it runs, deleted when a time is cleared — and is
+safe to call any number of times.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from engine.errors import DuplicateOrderError
+from engine.ids import OrderType
+from engine.market_hours import IST, parse_holidays
+from engine.settings import Settings
+from engine.temporal import ORDER_TYPE, STRATEGY_ID, USER_ID
+from starter.orders import OrderStarter
+from store.errors import StoreError, StrategyNotFound
+from store.records import StrategyRecord, StrategyStatus
+from workflows.scheduled import (
+    START_SCHEDULED_ORDER,
+    ScheduledOrder,
+    ScheduledOrderResult,
+    ScheduledOrderWorkflow,
+    ScheduledOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+TIME_ZONE = str(IST)
+DEFAULT_CATCHUP_WINDOW_SECONDS = 60.0
+MIN_CATCHUP_WINDOW_SECONDS = 10.0  # the Temporal server's own floor
+MONDAY_TO_FRIDAY = ScheduleRange(1, 5)  # Temporal counts days of the week from Sunday = 0
+WHOLE_DAY = {"hour": [ScheduleRange(0, 23)], "minute": [ScheduleRange(0, 59)], "second": [ScheduleRange(0, 59)]}
+
+
+class Leg(StrEnum):
+    ENTRY = "entry"
+    EXIT = "exit"
+
+    @property
+    def order_type(self) -> OrderType:
+        return OrderType.BUY if self is Leg.ENTRY else OrderType.SELL
+
+
+def schedule_id(strategy_id: int, leg: Leg) -> str:
+    return f"strategy:{strategy_id}:{leg.value}"
+
+
+def catchup_window(settings: Settings) -> timedelta:
+    """`SCHEDULE_CATCHUP_WINDOW_SECONDS`: how late a missed schedule may still fire."""
+    seconds = float(getattr(settings, "schedule_catchup_window_seconds", DEFAULT_CATCHUP_WINDOW_SECONDS))
+    if seconds < MIN_CATCHUP_WINDOW_SECONDS:
+        raise ValueError(
+            f"SCHEDULE_CATCHUP_WINDOW_SECONDS must be at least {MIN_CATCHUP_WINDOW_SECONDS:g} (Temporal's minimum), "
+            f"got {seconds:g}"
+        )
+    return timedelta(seconds=seconds)
+
+
+def trading_day_spec(at: time, holidays: Iterable[date]) -> ScheduleSpec:
+    """At `at` (Asia/Kolkata) Monday to Friday, each holiday skipped for the whole day."""
+    if at.tzinfo is not None:
+        raise ValueError(f"a strategy's time is a time of day in Asia/Kolkata; got {at} with a time zone")
+    return ScheduleSpec(
+        calendars=[
+            ScheduleCalendarSpec(
+                second=[ScheduleRange(at.second)],
+                minute=[ScheduleRange(at.minute)],
+                hour=[ScheduleRange(at.hour)],
+                day_of_week=[MONDAY_TO_FRIDAY],
+                comment=f"{at.isoformat()} IST on weekdays",
+            )
+        ],
+        skip=[
+            ScheduleCalendarSpec(
+                year=[ScheduleRange(day.year)],
+                month=[ScheduleRange(day.month)],
+                day_of_month=[ScheduleRange(day.day)],
+                comment=f"NSE holiday {day.isoformat()}",
+                **WHOLE_DAY,
+            )
+            for day in sorted(set(holidays))
+        ],
+        time_zone_name=TIME_ZONE,
+    )
+
+
+def should_fire(strategy: StrategyRecord) -> bool:
+    """A stopped strategy's schedules are paused; a stop-loss in progress keeps them (the exit is shared)."""
+    return strategy.status != StrategyStatus.STOPPED
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """What an operator needs to know about one schedule."""
+
+    schedule_id: str
+    leg: Leg
+    at: time | None
+    paused: bool
+    note: str | None
+    next_runs: list[datetime]
+    actions_taken: int
+    missed_catchup_window: int
+
+
+class StrategySchedules:
+    """Creates, updates, pauses, resumes and deletes the schedules of strategies."""
+
+    def __init__(self, client: Client, settings: Settings):
+        self.client = client
+        self.settings = settings
+        self.holidays = parse_holidays(settings.nse_holidays)
+        self.catchup_window = catchup_window(settings)
+
+    def schedule_for(self, strategy: StrategyRecord, leg: Leg, at: time, *, note: str | None = None) -> Schedule:
+        order_type = leg.order_type
+        request = ScheduledOrder(
+            strategy_id=strategy.id,
+            order_type=order_type,
+            schedule_id=schedule_id(strategy.id, leg),
+            max_delay_seconds=self.catchup_window.total_seconds(),
+        )
+        paused = not should_fire(strategy)
+        if paused and note is None:
+            note = f"strategy {strategy.status}: {strategy.stop_reason or 'not running'}"
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                ScheduledOrderWorkflow.run,
+                request,
+                id=request.schedule_id,
+                task_queue=self.settings.task_queue,
+                execution_timeout=self.catchup_window + timedelta(minutes=1),
+                typed_search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(STRATEGY_ID, str(strategy.id)),
+                        SearchAttributePair(USER_ID, str(strategy.user_id)),
+                        SearchAttributePair(ORDER_TYPE, order_type.value),
+                    ]
+                ),
+                static_summary=f"scheduled {order_type} for strategy {strategy.id} ({strategy.name})",
+            ),
+            spec=trading_day_spec(at, self.holidays),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=self.catchup_window),
+            state=ScheduleState(
+                paused=paused,
+                note=note,
+            ),
+        )
+
+    async def sync(self, strategy: StrategyRecord, *, note: str | None = None) -> None:
+        """Make both schedules match the strategy's times and status. Idempotent."""
+        for leg, at in ((Leg.ENTRY, strategy.entry_time), (Leg.EXIT, strategy.exit_time)):
+            if at is None:
+                await self._delete(schedule_id(strategy.id, leg))
+            else:
+                await self._put(strategy, leg, self.schedule_for(strategy, leg, at, note=note))
+
+    async def sync_all(self, strategies: Iterable[StrategyRecord]) -> int:
+        """Re-apply every strategy's schedules (after a change of holidays or catch-up window)."""
+        count = 0
+        for strategy in strategies:
+            await self.sync(strategy)
+            count += 1
+        return count
+
+    async def pause(self, strategy_id: int, note: str) -> None:
+        """Pause both schedules (strategy stopped, emergency stop). Missing schedules are fine."""
+        for leg in Leg:
+            try:
+                await self.client.get_schedule_handle(schedule_id(strategy_id, leg)).pause(note=note)
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+
+    async def resume(self, strategy_id: int, note: str) -> None:
+        for leg in Leg:
+            try:
+                await self.client.get_schedule_handle(schedule_id(strategy_id, leg)).unpause(note=note)
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+
+    async def delete(self, strategy_id: int) -> None:
+        """Remove both schedules, with the strategy."""
+        for leg in Leg:
+            await self._delete(schedule_id(strategy_id, leg))
+
+    async def describe(self, strategy_id: int) -> list[ScheduleView]:
+        """The strategy's schedules that exist, entry first."""
+        views = []
+        for leg in Leg:
+            try:
+                description = await self.client.get_schedule_handle(schedule_id(strategy_id, leg)).describe()
+            except RPCError as error:
+                if error.status == RPCStatusCode.NOT_FOUND:
+                    continue
+                raise
+            calendars = description.schedule.spec.calendars
+            at = None
+            if calendars:
+                first = calendars[0]
+                at = time(first.hour[0].start, first.minute[0].start, first.second[0].start)
+            views.append(
+                ScheduleView(
+                    schedule_id=description.id,
+                    leg=leg,
+                    at=at,
+                    paused=description.schedule.state.paused,
+                    note=description.schedule.state.note,
+                    next_runs=list(description.info.next_action_times[:3]),
+                    actions_taken=description.info.num_actions,
+                    missed_catchup_window=description.info.num_actions_missed_catchup_window,
+                )
+            )
+        return views
+
+    async def _put(self, strategy: StrategyRecord, leg: Leg, schedule: Schedule) -> None:
+        identifier = schedule_id(strategy.id, leg)
+        try:
+            await self.client.create_schedule(
+                identifier,
+                schedule,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(STRATEGY_ID, str(strategy.id)),
+                        SearchAttributePair(USER_ID, str(strategy.user_id)),
+                    ]
+                ),
+            )
+            log.info("schedule %s created", identifier)
+        except ScheduleAlreadyRunningError:
+
+            def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=schedule)
+
+            await self.client.get_schedule_handle(identifier).update(replace)
+            log.info("schedule %s updated", identifier)
+
+    async def _delete(self, identifier: str) -> None:
+        try:
+            await self.client.get_schedule_handle(identifier).delete()
+            log.info("schedule %s deleted", identifier)
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+
+
+class ScheduledOrderActivities:
+    """The scheduled workflow's one side effect: start the order through the ordinary entry point."""
+
+    def __init__(self, starter: OrderStarter):
+        self.starter = starter
+
+    @activity.defn(name=START_SCHEDULED_ORDER)
+    async def start_scheduled_order(self, request: ScheduledOrder) -> ScheduledOrderResult:
+        try:
+            strategy = await self.starter.store.get_strategy(request.strategy_id)
+        except StrategyNotFound:
+            return ScheduledOrderResult(
+                outcome=ScheduledOutcome.SKIPPED,
+                message=f"strategy {request.strategy_id} no longer exists; delete schedule {request.schedule_id}",
+            )
+        except StoreError as error:
+            raise _activity_failure(error) from None
+        if not should_fire(strategy):
+            return ScheduledOrderResult(
+                outcome=ScheduledOutcome.SKIPPED,
+                message=f"strategy {strategy.id} is {strategy.status}: no {request.order_type} sent",
+            )
+        try:
+            handle = await self.starter.start_order(
+                strategy,
+                request.order_type,
+                requested_by="scheduler",
+                reason=f"scheduled by {request.schedule_id}",
+            )
+        except DuplicateOrderError as duplicate:
+            return ScheduledOrderResult(
+                outcome=ScheduledOutcome.ALREADY_HANDLED,
+                order_workflow_id=duplicate.workflow_id,
+                message=f"already handled by {duplicate.workflow_id} ({duplicate.status}); no second order",
+            )
+        except StoreError as error:
+            raise _activity_failure(error) from None
+        return ScheduledOrderResult(
+            outcome=ScheduledOutcome.STARTED,
+            order_workflow_id=handle.id,
+            message=f"{request.order_type} started as {handle.id}",
+        )
+
+
+def _activity_failure(error: StoreError) -> ApplicationError:
+    return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable)
+
+
+async def pause_strategy_schedules(client: Client, settings: Settings, strategy_ids: Iterable[int], note: str) -> None:
+    """Pause the schedules of several strategies (the emergency stop's step)."""
+    schedules = StrategySchedules(client, settings)
+    for strategy_id in strategy_ids:
+        await schedules.pause(strategy_id, note)
