@@ -58,8 +58,7 @@ def test_an_order_is_in_the_state_file_before_its_id_is_answered(tmp_path: Path)
     with PaperBrokerServer(port=0, state_file=state_file) as server:
         kite = server.kite("durable")
         order_id = kite.place_order("regular", "NSE", "SBIN", "BUY", 1, "CNC", "LIMIT", price=700)
-        saved = json.loads(state_file.read_text())
-        assert [order["order_id"] for order in saved["orders"]] == [order_id]
+        assert saved_order_ids(state_file) == [order_id]
         assert state_file.stat().st_mode & 0o077 == 0  # it holds access tokens
 
 
@@ -68,6 +67,25 @@ def test_an_unreadable_state_file_is_refused_with_what_to_do(tmp_path: Path) -> 
     state_file.write_text("{not json")
     with pytest.raises(StateFileError, match="move it away"):
         PaperBrokerServer(port=0, state_file=state_file).start()
+
+
+def test_a_write_cut_off_by_a_crash_loses_only_its_own_line(tmp_path: Path) -> None:
+    state_file = tmp_path / "paper.json"
+    with PaperBrokerServer(port=0, state_file=state_file) as server:
+        kite = server.kite("crash")
+        order_id = kite.place_order("regular", "NSE", "SBIN", "BUY", 1, "CNC", "LIMIT", price=700)
+        port, token = server.port, kite.access_token
+    with state_file.open("a") as journal:
+        journal.write('["order:99999",{"order_id":')
+    with PaperBrokerServer(port=port, state_file=state_file) as server:
+        same = KiteConnect("crash", access_token=token, root=server.url, timeout=2)
+        assert [order["order_id"] for order in same.orders()] == [order_id]
+
+
+def saved_order_ids(state_file: Path) -> list[str]:
+    """Order ids in the state file's journal, each once, in the order first written."""
+    lines = [json.loads(line) for line in state_file.read_text().splitlines()[1:]]
+    return list(dict.fromkeys(value["order_id"] for key, value in lines if key.startswith("order:")))
 
 
 def _console_command() -> str:
@@ -107,7 +125,7 @@ def test_the_console_command_serves_the_kite_client(tmp_path: Path) -> None:
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Traceback" not in output
     assert f"Kite Connect v3 at {url}" in output
-    assert json.loads((tmp_path / "cli.json").read_text())["orders"][0]["order_id"] == order_id
+    assert saved_order_ids(tmp_path / "cli.json") == [order_id]
 
 
 def test_the_console_command_explains_a_bad_state_file(tmp_path: Path) -> None:

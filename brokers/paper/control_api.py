@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from brokers.paper.accounts import Holding
 from brokers.paper.errors import ControlInputError
+from brokers.paper.exchange import account_key
 from brokers.paper.faults import positive_number
 from brokers.paper.market import parse_price
 from brokers.paper.orders import FillSettings
@@ -78,7 +79,6 @@ class ControlApi:
             except ControlInputError as error:
                 return control_json({"error": str(error)}, status_code=400)
             if request.method != "GET":
-                self.sim.changed()
                 await self.sim.durable()
             return control_json(result)
 
@@ -174,6 +174,7 @@ class ControlApi:
             account.cash = cash
         if holdings is not None:
             account.holdings = holdings
+        self.sim.changed(account_key(api_key))
         return self._account_json(api_key)
 
     def _parse_holdings(self, value: Any) -> dict[str, Holding]:

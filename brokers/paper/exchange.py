@@ -1,8 +1,8 @@
 """The simulated exchange and broker back office: accounts, tokens, the order book, fills.
 
 Everything here runs on one event loop thread, so no locks: HTTP handlers call the synchronous
-methods, and fills happen in `loop.call_later` callbacks. `on_change` is called after every change
-that should reach the state file.
+methods, and fills happen in `loop.call_later` callbacks. `on_change(key)` names each piece of
+state that changed (the keys below), so the state file can write just that.
 """
 
 from __future__ import annotations
@@ -39,6 +39,24 @@ S = OrderStatus
 MAX_MODIFICATIONS = 25
 MARKET_PROTECTED_ORDER_TYPES = frozenset({"MARKET", "SL-M"})
 CHECKSUM_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+# State keys for `on_change`.
+ALL_STATE = "*"
+COUNTERS_KEY = "counters"
+TOKENS_KEY = "tokens"
+QUOTES_KEY = "quotes"
+
+
+def account_key(api_key: str) -> str:
+    return f"account:{api_key}"
+
+
+def order_key(order_id: str) -> str:
+    return f"order:{order_id}"
+
+
+def trade_key(trade_id: str) -> str:
+    return f"trade:{trade_id}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,7 @@ class PaperExchange:
         self,
         settings: ExchangeSettings,
         market: Market | None = None,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[str], None] = lambda key: None,
     ):
         self.settings = settings
         self.market = market or Market()
@@ -87,6 +105,7 @@ class PaperExchange:
         self.accounts: dict[str, Account] = {}
         self.tokens: dict[str, AccessToken] = {}
         self.orders: dict[str, Order] = {}
+        self.trades: dict[str, Trade] = {}
         # Non-terminal orders, by instrument (for price moves) and by account (for margin).
         self._live_by_instrument: dict[str, set[str]] = {}
         self._live_by_account: dict[str, set[str]] = {}
@@ -100,7 +119,6 @@ class PaperExchange:
         self._loop = loop
         for order in list(self.orders.values()):
             self._evaluate(order)
-        self.on_change()
 
     def detach(self) -> None:
         for timer in self._fill_timers.values():
@@ -116,17 +134,23 @@ class PaperExchange:
         self.accounts.clear()
         self.tokens.clear()
         self.orders.clear()
+        self.trades.clear()
         self._live_by_instrument.clear()
         self._live_by_account.clear()
         self.market.reset()
         self.fill_settings = self.settings.fill
-        self.on_change()
+        self.on_change(ALL_STATE)
 
     def adopt(self, order: Order) -> None:
-        """Put a restored order back in the book."""
+        """Put a restored order back in the book and in its account's."""
         self.orders[order.order_id] = order
+        self.accounts[order.api_key].order_ids.append(order.order_id)
         if not order.state.is_terminal:
             self._track_live(order)
+
+    def adopt_trade(self, trade: Trade) -> None:
+        self.trades[trade.trade_id] = trade
+        self.accounts[trade.api_key].apply_trade(trade)
 
     # ---- sessions -------------------------------------------------------------------------------
 
@@ -149,7 +173,7 @@ class PaperExchange:
         token = AccessToken(api_key=api_key, issued_at=issued_at, expires_at=expires_at,
                             value=secrets.token_hex(16))
         self.tokens[token.value] = token
-        self.on_change()
+        self.on_change(TOKENS_KEY)
         return account, token
 
     def open_account(self, api_key: str) -> Account:
@@ -159,6 +183,8 @@ class PaperExchange:
         self.counters.user += 1
         account = Account(api_key=api_key, user_id=f"PA{self.counters.user:04d}", cash=self.settings.cash)
         self.accounts[api_key] = account
+        self.on_change(COUNTERS_KEY)
+        self.on_change(account_key(api_key))
         return account
 
     def authenticate(self, api_key: str, access_token: str) -> Account:
@@ -173,7 +199,7 @@ class PaperExchange:
         token = self.tokens.get(access_token)
         if token is not None and token.api_key == api_key:
             del self.tokens[access_token]
-            self.on_change()
+            self.on_change(TOKENS_KEY)
 
     def expire_tokens(self, api_key: str | None = None) -> int:
         """End the sessions of one api_key (or all); the next call with them gets TokenException."""
@@ -183,7 +209,7 @@ class PaperExchange:
             if (api_key is None or token.api_key == api_key) and token.is_valid_at(now):
                 token.expires_at = now
                 expired += 1
-        self.on_change()
+        self.on_change(TOKENS_KEY)
         return expired
 
     # ---- orders ---------------------------------------------------------------------------------
@@ -198,6 +224,7 @@ class PaperExchange:
         if instrument is not None:
             _check_ticks(instrument, params.order_type, params.price, params.trigger_price)
         self.counters.order += 1
+        self.on_change(COUNTERS_KEY)
         order = Order(
             order_id=f"{now:%y%m%d}{self.counters.order:09d}",
             api_key=account.api_key,
@@ -231,7 +258,7 @@ class PaperExchange:
         if rejection is not None:
             order.advance(S.REJECTED, status_message=rejection, status_message_raw=rejection,
                           exchange_update_timestamp=now)
-            self.on_change()
+            self.on_change(order_key(order.order_id))
             return order
 
         assert instrument is not None  # a missing instrument is a rejection
@@ -248,7 +275,7 @@ class PaperExchange:
             else:
                 order.advance(S.OPEN, **opened)
             self._evaluate(order)
-        self.on_change()
+        self.on_change(order_key(order.order_id))
         return order
 
     def _rejection(
@@ -345,7 +372,7 @@ class PaperExchange:
                                                                 "exchange_update_timestamp": now}
         order.advance(back, modified=True, **changes, **exchange_times)
         self._evaluate(order)
-        self.on_change()
+        self.on_change(order_key(order.order_id))
         return order
 
     def cancel_order(self, account: Account, variety: str, order_id: str) -> Order:
@@ -361,7 +388,7 @@ class PaperExchange:
         order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
                       exchange_update_timestamp=now)
         self._retire(order)
-        self.on_change()
+        self.on_change(order_key(order.order_id))
         return order
 
     def order(self, account: Account, order_id: str) -> Order:
@@ -410,13 +437,22 @@ class PaperExchange:
         return moved
 
     def reprice(self, keys: Iterable[str]) -> None:
+        moved = False
         for key in keys:
+            moved = True
             for order_id in sorted(self._live_by_instrument.get(key, ())):
                 self._evaluate(self.orders[order_id])
-        self.on_change()
+        if moved:
+            self.on_change(QUOTES_KEY)
 
     def _evaluate(self, order: Order) -> None:
         """Trigger, schedule fills for, or expire (IOC) a live order, as the last price allows."""
+        before = len(order.history)
+        self._trigger_or_fill(order)
+        if len(order.history) != before:
+            self.on_change(order_key(order.order_id))
+
+    def _trigger_or_fill(self, order: Order) -> None:
         state = order.state
         if state.is_terminal or self._loop is None:
             return
@@ -466,7 +502,7 @@ class PaperExchange:
         if order.state.status == S.OPEN and order.order_id not in self._fill_timers \
                 and order.state.validity == "IOC":
             self._expire_remainder(order)
-        self.on_change()
+        self.on_change(order_key(order_id))
 
     def _fill(self, order: Order, instrument: Instrument, quantity: int, price: Decimal) -> None:
         now = now_ist()
@@ -486,8 +522,11 @@ class PaperExchange:
             exchange_order_id=state.exchange_order_id or "",
             fill_timestamp=now,
         )
+        self.trades[trade.trade_id] = trade
         self.accounts[order.api_key].apply_trade(trade)
         self.market.record_trade(instrument, quantity, now)
+        for key in (COUNTERS_KEY, QUOTES_KEY, trade_key(trade.trade_id)):
+            self.on_change(key)
         order.filled_value += price * quantity
         filled = state.filled_quantity + quantity
         status = S.COMPLETE if filled == state.quantity else S.OPEN

@@ -24,7 +24,7 @@ from brokers.paper.connections import DroppedConnection
 from brokers.paper.errors import GeneralError, InputError, KiteError, OrderError, RateLimitError, TokenError
 from brokers.paper.faults import ERROR_KINDS, ORDER_ROUTES, Fault
 from brokers.paper.params import parse_modify, parse_place, parse_variety
-from brokers.paper.request_log import OrderRequestRecord
+from brokers.paper.request_log import OrderRequestRecord, request_key
 from brokers.paper.simulator import Simulator
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,13 @@ JSON_CONTENT_TYPE = "application/json"
 MUTATING_ROUTES = ORDER_ROUTES | {"session"}
 
 
+class RawJson(bytes):
+    """`data` already encoded as JSON."""
+
+
 def kite_success(data: Any) -> Response:
-    return Response(render.json_bytes({"status": "success", "data": data}), media_type=JSON_CONTENT_TYPE)
+    encoded = data if isinstance(data, RawJson) else render.json_bytes(data)
+    return Response(b'{"status":"success","data":' + encoded + b"}", media_type=JSON_CONTENT_TYPE)
 
 
 def kite_failure(error: KiteError) -> Response:
@@ -105,6 +110,7 @@ class KiteApi:
                 if name in ORDER_ROUTES:
                     assert account is not None
                     record = self._record(name, account, request, form)
+                    self.sim.changed(request_key(record.seq))
                     if not self.sim.limiter.admit(account.api_key):
                         record.rate_limited = True
                         raise RateLimitError()
@@ -116,7 +122,7 @@ class KiteApi:
                 response = kite_failure(GeneralError("Internal error in the paper broker; see its log."))
             if record is not None:
                 record.http_status = None if isinstance(response, DroppedConnection) else response.status_code
-                self.sim.changed()
+                self.sim.changed(request_key(record.seq))
             return response
 
         return endpoint
@@ -212,8 +218,9 @@ class KiteApi:
         order = self.exchange.cancel_order(call.user, variety, call.path("order_id"))
         return {"order_id": order.order_id}
 
-    def orders(self, call: Call) -> list[dict[str, Any]]:
-        return [render.order_json(order) for order in self.exchange.orders_of(call.user)]
+    def orders(self, call: Call) -> RawJson:
+        rows = [render.order_json_bytes(order) for order in self.exchange.orders_of(call.user)]
+        return RawJson(b"[" + b",".join(rows) + b"]")
 
     def order_history(self, call: Call) -> list[dict[str, Any]]:
         order = self.exchange.order(call.user, call.path("order_id"))

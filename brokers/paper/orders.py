@@ -123,6 +123,8 @@ class Order:
     modifications: int = 0
     # Margin blocked at placement for the part of the order that adds to exposure.
     blocked_margin: Decimal = Decimal(0)
+    # The latest state as JSON, with the history length it was made at: GET /orders is polled hard.
+    wire_cache: tuple[int, bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def state(self) -> OrderState:

@@ -1,8 +1,8 @@
 """The state file: the order book, accounts, tokens, prices and request log, kept across restarts.
 
-Writes are atomic (a temporary file renamed over the old one) and grouped: changes made while a
-write is running go out together in the next one. An order request is answered only after the
-write that holds it, so an order id a client saw is never lost to a restart.
+Writes are grouped: changes made while a write is running go out together in the next one. An
+order request is answered only after the write that holds it, so an order id a client saw is never
+lost to a restart.
 """
 
 from __future__ import annotations
@@ -19,57 +19,97 @@ from typing import Any
 
 from brokers.base import OrderStatus
 from brokers.paper.accounts import AccessToken, Account, Holding
-from brokers.paper.exchange import Counters, PaperExchange
+from brokers.paper.exchange import (
+    ALL_STATE,
+    COUNTERS_KEY,
+    QUOTES_KEY,
+    TOKENS_KEY,
+    Counters,
+    PaperExchange,
+    account_key,
+    order_key,
+    trade_key,
+)
 from brokers.paper.market import Quote
 from brokers.paper.orders import FillSettings, Order, OrderState, Trade
-from brokers.paper.request_log import RequestLog
+from brokers.paper.request_log import RequestLog, request_key
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+HEADER = {"paper_broker_state": 1}
+# A journal shorter than this is never compacted.
+COMPACT_MIN_LINES = 10_000
 
 
 class StateFileError(RuntimeError):
     """The state file cannot be read: it names the file and what is wrong with it."""
 
 
-# ---- snapshot ------------------------------------------------------------------------------------
+# ---- records: one JSON value per state key ---------------------------------------------------------
 
 
-def snapshot(exchange: PaperExchange, requests: RequestLog) -> dict[str, Any]:
-    market = exchange.market
-    return {
-        "version": STATE_VERSION,
-        "counters": vars(exchange.counters).copy(),
-        "quotes": {key: _quote_state(quote) for key in market.keys if (quote := market.quote(key))},
-        "accounts": [_account_state(account) for account in exchange.accounts.values()],
-        "tokens": [
+def record_for(key: str, exchange: PaperExchange, requests: RequestLog) -> Any | None:
+    """The saved form of one state key, or None when it no longer exists."""
+    kind, _, name = key.partition(":")
+    if key == COUNTERS_KEY:
+        return vars(exchange.counters).copy()
+    if key == TOKENS_KEY:
+        return [
             {"api_key": token.api_key, "issued_at": token.issued_at, "expires_at": token.expires_at,
              "value": token.value}
             for token in exchange.tokens.values()
-        ],
-        "orders": [_order_state(order) for order in exchange.orders.values()],
-        "requests": [record.as_state() for record in requests.records],
-    }
+        ]
+    if key == QUOTES_KEY:
+        market = exchange.market
+        return {key: _quote_state(quote) for key in market.keys if (quote := market.quote(key))}
+    if kind == "account":
+        account = exchange.accounts.get(name)
+        return _account_state(account) if account else None
+    if kind == "order":
+        order = exchange.orders.get(name)
+        return _order_state(order) if order else None
+    if kind == "trade":
+        trade = exchange.trades.get(name)
+        return _trade_state(trade) if trade else None
+    if kind == "request":
+        seq = int(name)
+        return requests.records[seq - 1].as_state() if seq <= len(requests.records) else None
+    raise ValueError(f"unknown state key {key!r}")
 
 
-def restore(state: dict[str, Any], exchange: PaperExchange, requests: RequestLog) -> None:
-    if state.get("version") != STATE_VERSION:
-        raise StateFileError(f"state version {state.get('version')!r} is not {STATE_VERSION}")
-    exchange.counters = Counters(**state["counters"])
-    for key, quote_state in state["quotes"].items():
-        instrument_quote = exchange.market.quote(key)
-        if instrument_quote is not None:
-            exchange.market.restore(key, _quote_from(instrument_quote, quote_state))
-    for account_state in state["accounts"]:
-        account = _account_from(account_state)
-        exchange.accounts[account.api_key] = account
-    for token_state in state["tokens"]:
+def all_keys(exchange: PaperExchange, requests: RequestLog) -> list[str]:
+    """Every state key, each kind in the order its items were made."""
+    return [
+        COUNTERS_KEY, TOKENS_KEY, QUOTES_KEY,
+        *(account_key(api_key) for api_key in exchange.accounts),
+        *(order_key(order_id) for order_id in exchange.orders),
+        *(trade_key(trade_id) for trade_id in exchange.trades),
+        *(request_key(record.seq) for record in requests.records),
+    ]
+
+
+def restore(records: dict[str, Any], exchange: PaperExchange, requests: RequestLog) -> None:
+    """Rebuild the state from its records (in the order they were first written)."""
+    by_kind: dict[str, list[Any]] = {}
+    for key, value in records.items():
+        by_kind.setdefault(key.partition(":")[0], []).append(value)
+    if COUNTERS_KEY in records:
+        exchange.counters = Counters(**records[COUNTERS_KEY])
+    for key, quote_state in records.get(QUOTES_KEY, {}).items():
+        current = exchange.market.quote(key)
+        if current is not None:
+            exchange.market.restore(key, _quote_from(current, quote_state))
+    for token_state in records.get(TOKENS_KEY, []):
         token = AccessToken(**token_state)
         exchange.tokens[token.value] = token
-    for order_state in state["orders"]:
+    for account_state in by_kind.get("account", []):
+        account = _account_from(account_state)
+        exchange.accounts[account.api_key] = account
+    for order_state in by_kind.get("order", []):
         exchange.adopt(_order_from(order_state))
-    requests.restore(state["requests"])
+    for trade_state in by_kind.get("trade", []):
+        exchange.adopt_trade(_trade_from(trade_state))
+    requests.restore(by_kind.get("request", []))
 
 
 def _quote_state(quote: Quote) -> dict[str, Any]:
@@ -92,6 +132,7 @@ def _quote_from(current: Quote, state: dict[str, Any]) -> Quote:
 
 
 def _account_state(account: Account) -> dict[str, Any]:
+    """The account itself; its orders and trades are records of their own."""
     return {
         "api_key": account.api_key,
         "user_id": account.user_id,
@@ -99,8 +140,6 @@ def _account_state(account: Account) -> dict[str, Any]:
         "holdings": [
             {**vars(holding), "average_price": str(holding.average_price)} for holding in account.holdings.values()
         ],
-        "order_ids": list(account.order_ids),
-        "trades": [_trade_state(trade) for trade in account.trades],
     }
 
 
@@ -109,9 +148,6 @@ def _account_from(state: dict[str, Any]) -> Account:
     for holding_state in state["holdings"]:
         holding = Holding(**{**holding_state, "average_price": Decimal(holding_state["average_price"])})
         account.holdings[f"{holding.exchange}:{holding.tradingsymbol}"] = holding
-    account.order_ids = list(state["order_ids"])
-    for trade_state in state["trades"]:
-        account.apply_trade(_trade_from(trade_state))
     return account
 
 
@@ -186,35 +222,66 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-# ---- the file ------------------------------------------------------------------------------------
+# ---- the file -------------------------------------------------------------------------------------
 
 
 class StateFile:
-    def __init__(self, path: Path, take_snapshot: Callable[[], dict[str, Any]]):
+    """A journal of JSON lines: a header, then `[key, record]` lines; the last line of a key wins.
+
+    Each write appends the records that changed since the last one, so a write costs what changed,
+    not the size of the book. The file is rewritten whole (atomically) at start, after a reset, and
+    when the journal has grown to several times the live state.
+    """
+
+    def __init__(self, path: Path, record_for: Callable[[str], Any], all_keys: Callable[[], list[str]]):
         self.path = path
-        self._take_snapshot = take_snapshot
+        self._record_for = record_for
+        self._all_keys = all_keys
+        self._pending: dict[str, None] = {}  # changed keys, in order (a dict as an ordered set)
+        self._rewrite = False
         self._changes = 0
         self._written = 0
+        self._lines_in_file = 0
+        self._lines_after_rewrite = 0
         self._writer: asyncio.Task[None] | None = None
         self._progress = asyncio.Event()
 
     def read(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is no file yet."""
+        """Every key's last record, or None when there is no file yet."""
         try:
-            text = self.path.read_text()
+            lines = self.path.read_text().splitlines()
         except FileNotFoundError:
             return None
-        try:
-            state = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise StateFileError(f"{self.path} is not valid JSON ({error}); move it away to start afresh") \
-                from None
-        if not isinstance(state, dict):
+        if not lines or _parse_line(lines[0]) != HEADER:
             raise StateFileError(f"{self.path} does not hold a paper broker state; move it away to start afresh")
-        return state
+        records: dict[str, Any] = {}
+        for number, line in enumerate(lines[1:], start=2):
+            entry = _parse_line(line)
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+                if number == len(lines):
+                    log.warning("%s: ignoring a cut-off last line (a write was interrupted)", self.path)
+                    break
+                raise StateFileError(f"{self.path} line {number} is damaged; move the file away to start afresh")
+            key, value = entry
+            if value is None:
+                records.pop(key, None)
+            else:
+                records[key] = value
+        return records
 
-    def mark_changed(self) -> None:
+    def rewrite_now(self) -> None:
+        """Write the whole state synchronously (at start, to compact what was read)."""
+        self._pending.clear()
+        self._rewrite = False
+        self._write_whole(self._whole_text())
+        self._written = self._changes
+
+    def mark_changed(self, key: str) -> None:
         """Note a change; it is written soon, without waiting for it."""
+        if key == ALL_STATE:
+            self._rewrite = True
+        else:
+            self._pending[key] = None
         self._changes += 1
         self._ensure_writer()
 
@@ -223,13 +290,7 @@ class StateFile:
         target = self._changes
         while self._written < target:
             self._ensure_writer()
-            progress = self._progress
-            await progress.wait()
-
-    def write_now(self) -> None:
-        """Write synchronously (at shutdown, when no loop is left to write on)."""
-        self._write(self._serialise())
-        self._written = self._changes
+            await self._progress.wait()
 
     def _ensure_writer(self) -> None:
         if self._writer is not None:
@@ -237,17 +298,23 @@ class StateFile:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # no loop yet: write_now() or the next change on the loop takes care of it
+            return  # not serving yet: the next change on the loop writes this one too
         self._writer = loop.create_task(self._write_pending())
 
     async def _write_pending(self) -> None:
         try:
             while self._written < self._changes:
                 target = self._changes
-                # Serialised on the loop, so the snapshot is consistent; written off it.
-                text = self._serialise()
+                # Records are taken on the loop, so they are consistent; the disk work happens off it.
+                if self._rewrite or self._lines_in_file > max(COMPACT_MIN_LINES, 4 * self._lines_after_rewrite):
+                    self._pending.clear()
+                    self._rewrite = False
+                    write, text = self._write_whole, self._whole_text()
+                else:
+                    keys, self._pending = list(self._pending), {}
+                    write, text = self._append, "".join(self._line(key) for key in keys)
                 try:
-                    await asyncio.to_thread(self._write, text)
+                    await asyncio.to_thread(write, text)
                 except OSError:
                     log.exception("could not write the state file %s", self.path)
                 self._written = target
@@ -256,13 +323,29 @@ class StateFile:
         finally:
             self._writer = None
 
-    def _serialise(self) -> str:
-        return json.dumps(self._take_snapshot(), separators=(",", ":"))
+    def _line(self, key: str) -> str:
+        return json.dumps([key, self._record_for(key)], separators=(",", ":")) + "\n"
 
-    def _write(self, text: str) -> None:
+    def _whole_text(self) -> str:
+        return json.dumps(HEADER) + "\n" + "".join(self._line(key) for key in self._all_keys())
+
+    def _write_whole(self, text: str) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")
         # The file holds access tokens: readable by its owner only.
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
         os.replace(temporary, self.path)
+        self._lines_in_file = self._lines_after_rewrite = text.count("\n")
+
+    def _append(self, text: str) -> None:
+        with self.path.open("a") as handle:
+            handle.write(text)
+        self._lines_in_file += text.count("\n")
+
+
+def _parse_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None

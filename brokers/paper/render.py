@@ -75,6 +75,15 @@ def order_json(order: Order, state: OrderState | None = None) -> dict[str, Any]:
     }
 
 
+def order_json_bytes(order: Order) -> bytes:
+    """The order's latest state as JSON, made once per state."""
+    cached = order.wire_cache
+    if cached is None or cached[0] != len(order.history):
+        cached = (len(order.history), json_bytes(order_json(order)))
+        order.wire_cache = cached
+    return cached[1]
+
+
 def trade_json(trade: Trade) -> dict[str, Any]:
     return {
         "trade_id": trade.trade_id,

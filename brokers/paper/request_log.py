@@ -17,6 +17,11 @@ from brokers.paper.clock import millisecond_time
 RATE_WINDOW_SECONDS = 1.0
 
 
+def request_key(seq: int) -> str:
+    """The state key of one request record."""
+    return f"request:{seq}"
+
+
 @dataclass
 class OrderRequestRecord:
     seq: int

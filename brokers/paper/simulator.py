@@ -15,7 +15,7 @@ from brokers.paper.errors import ControlInputError
 from brokers.paper.exchange import ExchangeSettings, PaperExchange
 from brokers.paper.faults import FaultBook
 from brokers.paper.orders import FillSettings
-from brokers.paper.persistence import StateFile, restore, snapshot
+from brokers.paper.persistence import StateFile, StateFileError, all_keys, record_for, restore
 from brokers.paper.request_log import OrderRateLimiter, RequestLog
 
 KITE_ORDERS_PER_SECOND = 10
@@ -60,10 +60,18 @@ class Simulator:
         self._walker: asyncio.Task[None] | None = None
         self.state_file: StateFile | None = None
         if config.state_file is not None:
-            self.state_file = StateFile(config.state_file, lambda: snapshot(self.exchange, self.requests))
+            self.state_file = StateFile(
+                config.state_file,
+                record_for=lambda key: record_for(key, self.exchange, self.requests),
+                all_keys=lambda: all_keys(self.exchange, self.requests),
+            )
             saved = self.state_file.read()
             if saved is not None:
                 restore(saved, self.exchange, self.requests)
+            try:
+                self.state_file.rewrite_now()
+            except OSError as error:
+                raise StateFileError(f"cannot write the state file {config.state_file}: {error}") from None
 
     async def start(self) -> None:
         self.exchange.attach(asyncio.get_running_loop())
@@ -96,10 +104,10 @@ class Simulator:
         self.random_walk = settings
         self._restart_walker()
 
-    def changed(self) -> None:
-        """Note a change for the state file (no-op without one)."""
+    def changed(self, key: str) -> None:
+        """Note that the state under `key` changed, for the state file (no-op without one)."""
         if self.state_file is not None:
-            self.state_file.mark_changed()
+            self.state_file.mark_changed(key)
 
     def _restart_walker(self) -> None:
         if self._walker is not None:
