@@ -11,6 +11,7 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -95,7 +96,7 @@ class StoreBase:
                 yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"a row changed while this transaction wrote it; retry ({exc})") from exc
-        except (OperationalError, InterfaceError, OSError) as exc:
+        except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     @asynccontextmanager
@@ -103,7 +104,7 @@ class StoreBase:
         try:
             async with self._read_sessions.begin() as session:
                 yield session
-        except (OperationalError, InterfaceError, OSError) as exc:
+        except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     async def _user_row(self, session: AsyncSession, user_id: int) -> User:

@@ -13,6 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store.errors import InvalidInput
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -55,7 +57,10 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 def _url_of(engine: AsyncEngine) -> str:
-    return engine.url.render_as_string(hide_password=False)
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise InvalidInput("an in-memory SQLite database cannot be migrated; use a file such as data/engine.db")
+    return url.render_as_string(hide_password=False)
 
 
 def _run_command(database_url: str, alembic_command: Callable[[Config, str], object], revision: str) -> None:

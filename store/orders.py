@@ -36,7 +36,7 @@ from store.records import (
     StrategyRecord,
     StrategyStatus,
 )
-from store.types import MONEY_QUANTUM
+from store.types import MONEY_QUANTUM, readable
 
 TAG = re.compile(r"[A-Za-z0-9]{1,20}")
 EVENT_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
@@ -100,7 +100,7 @@ def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_pri
     if held == 0 or held_price is None:
         return added_price
     average = (held_price * held + added_price * added) / (held + added)
-    return average.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return readable(average.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
 
 
 def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> None:

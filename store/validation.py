@@ -11,7 +11,7 @@ from typing import Any
 
 from store.db import dumps_json
 from store.errors import InvalidInput
-from store.types import MONEY_QUANTUM, MONEY_SCALE
+from store.types import MONEY_QUANTUM, MONEY_SCALE, readable
 
 
 def positive_int(value: Any, field: str) -> int:
@@ -69,7 +69,7 @@ def broker_price(value: Any, field: str) -> Decimal:
     number = decimal_value(value, field)
     if number < 0:
         raise InvalidInput(f"{field} must not be negative, got {number}")
-    return number.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return readable(number.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
 
 
 def percentage(value: Any, field: str) -> Decimal:

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from store import Store, StrategySpec
+from store import InvalidInput, Store, StrategySpec
 from store import migrate as migrations
 from store.models import Base
 from tests.fixtures.db import (
@@ -185,3 +185,12 @@ async def test_a_second_migration_waits_for_the_one_in_progress(engine_secret_ke
         await store.close()
         await peer.close()
         await drop_pg_database(name)
+
+
+async def test_an_in_memory_sqlite_database_is_refused_with_a_reason(engine_secret_key: str) -> None:
+    store = await Store.connect("sqlite+aiosqlite:///:memory:", engine_secret_key)
+    try:
+        with pytest.raises(InvalidInput, match="use a file"):
+            await store.migrate()
+    finally:
+        await store.close()

@@ -260,6 +260,7 @@ async def test_buy_then_sell_realises_exact_pnl_and_starts_the_next_cycle(store:
         FILLED_AT,
     )
     assert flat.realized_pnl == Decimal("101.00")
+    assert (str(flat.exit_price), str(flat.realized_pnl)) == ("2510.15", "101.00"), "no column padding"
     assert (flat.position_cycle, flat.exit_reason, flat.status) == (2, "SCHEDULED_EXIT", "RUNNING")
     assert flat.active_order_workflow_id is None
 
