@@ -69,6 +69,7 @@ class PaperBrokerServer:
     def start(self) -> PaperBrokerServer:
         if self._server is not None:
             raise PaperBrokerError(f"the paper broker is already running at {self.url}")
+        app = create_app(self.config)  # reads the state file: fails before anything listens
         # IPPROTO_TCP, not 0: asyncio turns Nagle off only for sockets that say they are TCP.
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,8 +80,7 @@ class PaperBrokerServer:
             raise PaperBrokerError(f"cannot listen on {self.host}:{self.port}: {error}") from error
         # Port 0 asks the OS for a free one; later restarts reuse it, so the URL stays the same.
         self.port = listener.getsockname()[1]
-        server = uvicorn.Server(serve_config(create_app(self.config), self.host, self.port,
-                                             log_level=self.log_level))
+        server = uvicorn.Server(serve_config(app, self.host, self.port, log_level=self.log_level))
         thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listener])),
                                   name=f"paper-broker-{self.port}", daemon=True)
         thread.start()
