@@ -66,6 +66,7 @@ from store.records import HistoryQuery, OrderLogRecord, StrategyRecord, Strategy
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 30.0
+CENTS = Decimal("0.01")
 API_KEY_SHAPE = re.compile(r"[A-Za-z0-9_\-]{1,200}")
 
 # Wire types ------------------------------------------------------------------------------------------
@@ -98,9 +99,18 @@ PercentIn = Annotated[
     BeforeValidator(_decimal_text(PERCENT_PATTERN, "1.5", "up to 2 digits, a point and up to 4 places")),
     WithJsonSchema({"type": "string", "pattern": PERCENT_PATTERN, "examples": ["1.5"]}),
 ]
+
+
+def money_text(value: Decimal) -> str:
+    """Plain notation with at least two places, whatever the Decimal's own exponent: 0 → "0.00"."""
+    if value.as_tuple().exponent > -2:  # type: ignore[operator]
+        value = value.quantize(CENTS)
+    return format(value, "f")
+
+
 MoneyOut = Annotated[
     Decimal,
-    PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="always"),
+    PlainSerializer(money_text, return_type=str, when_used="always"),
     WithJsonSchema({"type": "string", "examples": ["2450.50"]}),
 ]
 # Printable text: control characters have no business in names and reasons (and PostgreSQL refuses NUL).
