@@ -273,6 +273,30 @@ def test_modify_to_market_needs_market_protection(paper: PaperBrokerServer, kite
     assert wait_for_status(kite, order_id, "COMPLETE")["order_type"] == "MARKET"
 
 
+def test_modifying_a_trigger_moves_where_the_stop_loss_fires(paper: PaperBrokerServer, kite: KiteConnect) -> None:
+    order_id = place(kite, transaction_type="SELL", order_type="SL-M", trigger_price=1400)
+    kite.modify_order("regular", order_id, trigger_price=1490)
+    assert kite.order_history(order_id)[-1]["status"] == "TRIGGER PENDING"
+    paper.control.set_price("INFY", "1489.95")
+    assert money(wait_for_status(kite, order_id, "COMPLETE")["average_price"]) == Decimal("1489.95")
+
+
+def test_a_modification_the_account_cannot_fund_is_a_margin_exception(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    paper.control.set_account(PAPER_API_KEY, cash="20000")
+    order_id = place(kite, order_type="LIMIT", price=1000, product="CNC", market_protection=None)
+    answer = httpx.put(f"{paper.url}/orders/regular/{order_id}", data={"quantity": "30"},
+                       headers={"Authorization": f"token {kite.api_key}:{kite.access_token}"})
+    assert (answer.status_code, answer.json()["error_type"]) == (400, "MarginException")
+    assert "Required margin is 30000.00 but available margin is 20000.00" in answer.json()["message"]
+    # The 5.2.2 client has no MarginException class: it raises GeneralException.
+    with pytest.raises(kite_errors.GeneralException):
+        kite.modify_order("regular", order_id, quantity=30)
+    kite.modify_order("regular", order_id, quantity=20)
+    assert kite.order_history(order_id)[-1]["quantity"] == 20
+
+
 def test_modify_with_nothing_to_change_is_an_input_error(paper: PaperBrokerServer, kite: KiteConnect) -> None:
     order_id = place(kite, order_type="LIMIT", price=1400, market_protection=None)
     with pytest.raises(kite_errors.InputException, match="Nothing to modify"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -22,7 +23,8 @@ from brokers.paper.orders import FillSettings
 from brokers.paper.persistence import StateFileError
 from brokers.paper.simulator import KITE_ORDERS_PER_SECOND, PaperBrokerConfig, RandomWalkSettings
 
-log = logging.getLogger("brokers.paper")
+# The environment keeps the secret out of the process list.
+API_SECRET_VARIABLE = "PAPER_BROKER_API_SECRET"
 
 
 def _decimal(text: str) -> Decimal:
@@ -59,8 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="opening cash of each new account in rupees (default %(default)s)")
     parser.add_argument("--token-lifetime", type=float, default=None,
                         help="access token lifetime in seconds (default: until 06:00 IST, like Kite)")
-    parser.add_argument("--api-secret", default=None,
-                        help="verify login checksums against this secret (default: accept any well-formed one)")
+    parser.add_argument("--api-secret", default=os.environ.get(API_SECRET_VARIABLE),
+                        help=f"verify login checksums against this secret, also read from ${API_SECRET_VARIABLE} "
+                             "(default: accept any well-formed checksum)")
     parser.add_argument("--orders-per-second", type=int, default=KITE_ORDERS_PER_SECOND,
                         help="order requests per account per second before HTTP 429; 0 = no limit (default 10)")
     parser.add_argument("--random-walk", action="store_true", help="move prices at random from the start")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -32,8 +31,6 @@ from brokers.paper.params import (
     PlaceParams,
     check_prices,
 )
-
-log = logging.getLogger(__name__)
 
 S = OrderStatus
 MAX_MODIFICATIONS = 25

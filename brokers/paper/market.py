@@ -102,10 +102,9 @@ class Market:
             quote = self._quotes[key]
             tick = quote.instrument.tick_size
             change = Decimal(repr(rng.gauss(0.0, volatility))) * quote.last_price
-            price = (quote.last_price + change).quantize(tick, rounding=ROUND_HALF_EVEN)
-            # Snap to the instrument's tick grid, not merely to its number of decimals.
-            price = (price / tick).to_integral_value(rounding=ROUND_HALF_EVEN) * tick
-            price = max(price, tick)
+            # Onto the instrument's tick grid (0.05 is a grid, not just two decimals).
+            ticks = ((quote.last_price + change) / tick).to_integral_value(rounding=ROUND_HALF_EVEN)
+            price = max(ticks * tick, tick)
             if price != quote.last_price:
                 quote.move_to(price)
                 moved.append(key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from brokers.base import OrderStatus
@@ -56,7 +56,7 @@ class FillSettings:
     fill_ratio: Decimal = Decimal(1)
 
     def target_quantity(self, quantity: int) -> int:
-        return int((quantity * self.fill_ratio).to_integral_value(rounding="ROUND_FLOOR"))
+        return int((quantity * self.fill_ratio).to_integral_value(rounding=ROUND_FLOOR))
 
     def chunk_quantity(self, target: int) -> int:
         return max(1, math.ceil(target / self.partial_fills))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -193,7 +194,7 @@ def session_json(account: Account, token: AccessToken, login_time: str) -> dict[
         **profile_json(account),
         "api_key": account.api_key,
         "access_token": token.value,
-        "public_token": token.value[:16],
+        "public_token": secrets.token_hex(16),
         "enctoken": "",
         "refresh_token": "",
         "silo": "",
