@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Self, TypeVar
@@ -58,6 +59,8 @@ class StoreBase:
         self._read_sessions = async_sessionmaker(
             engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
         )
+        # SQLite has one writer at a time; queueing our own writers here beats SQLite's sleeping busy-wait.
+        self._write_turn = asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     @classmethod
     async def connect(
@@ -88,18 +91,18 @@ class StoreBase:
     async def close(self) -> None:
         await self._engine.dispose()
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
         """One transaction that commits when the block ends and rolls back on any error."""
         try:
-            async with self._write_sessions.begin() as session:
+            async with self._write_turn, self._write_sessions.begin() as session:
                 yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"a row changed while this transaction wrote it; retry ({exc})") from exc
         except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
         try:
             async with self._read_sessions.begin() as session:

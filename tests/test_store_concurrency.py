@@ -23,7 +23,14 @@ async def begun_sells(store: Store, strategy: StrategyRecord, count: int) -> lis
     return workflow_ids
 
 
-async def race_one_strategy(store: Store, writers: int) -> None:
+async def race_one_strategy(stores: list[Store], writers: int) -> None:
+    """`writers` fills, settings changes and intervention notes on one strategy at once, spread over
+    the given stores (each with its own connections)."""
+    store = stores[0]
+
+    def nth(i: int) -> Store:
+        return stores[i % len(stores)]
+
     strategy = await seed_strategy(store, quantity=writers)
     _, long = await trade(store, strategy, "BUY", writers, str(ENTRY))
     sells = await begun_sells(store, long, writers)
@@ -33,11 +40,11 @@ async def race_one_strategy(store: Store, writers: int) -> None:
 
     await asyncio.gather(
         *(
-            store.apply_fill(Fill(workflow_id, 1, price, "COMPLETE", FILLED_AT))
-            for workflow_id, price in zip(sells, exit_prices, strict=True)
+            nth(i).apply_fill(Fill(workflow_id, 1, price, "COMPLETE", FILLED_AT))
+            for i, (workflow_id, price) in enumerate(zip(sells, exit_prices, strict=True))
         ),
-        *(store.update_strategy(strategy.id, stop_loss_price=price) for price in stop_losses),
-        *(store.mark_intervention(strategy.id, f"check {i}") for i in range(writers)),
+        *(nth(i + 1).update_strategy(strategy.id, stop_loss_price=price) for i, price in enumerate(stop_losses)),
+        *(nth(i).mark_intervention(strategy.id, f"check {i}") for i in range(writers)),
     )
 
     after = await store.get_strategy(strategy.id)
@@ -52,15 +59,17 @@ async def race_one_strategy(store: Store, writers: int) -> None:
 
 
 async def test_twenty_parallel_writers_on_one_postgresql_strategy(pg_store: Store) -> None:
-    await race_one_strategy(pg_store, 20)
+    await race_one_strategy([pg_store], 20)
 
 
 async def test_parallel_writers_on_sqlite_wait_their_turn(sqlite_url: str, engine_secret_key: str) -> None:
-    store = await Store.connect(sqlite_url, engine_secret_key)
+    # Two stores on one file, as a worker and the API would have: they meet at SQLite's file lock.
+    stores = [await Store.connect(sqlite_url, engine_secret_key) for _ in range(2)]
     try:
-        await race_one_strategy(store, 10)
+        await race_one_strategy(stores, 10)
     finally:
-        await store.close()
+        for store in stores:
+            await store.close()
 
 
 async def test_replayed_fills_racing_each_other_apply_once(pg_store: Store) -> None:
