@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,18 +50,30 @@ async def api_user(engine: Engine, paper_key: str, *, admin: bool = False) -> Ap
     return ApiUser(user, key, account.id, paper_key)
 
 
-async def delete_all_schedules(client: Client, store: Store, schedules: StrategySchedules) -> None:
-    """Schedules outlive a test on the shared dev server; strategy ids restart with the next database."""
-    for strategy in await store.list_strategies():
-        await schedules.delete(strategy.id)
+async def newest_strategy_id(store: Store) -> int:
+    return max((strategy.id for strategy in await store.list_strategies()), default=0)
+
+
+@asynccontextmanager
+async def schedules_removed_afterwards(engine: Engine) -> AsyncIterator[None]:
+    """Schedules outlive a test on the shared dev server: remove those of the strategies it made."""
+    before = await newest_strategy_id(engine.store)
+    try:
+        yield
+    finally:
+        schedules = StrategySchedules(engine.client, engine.settings)
+        for strategy_id in range(before + 1, await newest_strategy_id(engine.store) + 1):
+            await schedules.delete(strategy_id)
 
 
 @pytest.fixture
 async def api(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(engine.settings, engine.client, engine.store)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+    async with (
+        schedules_removed_afterwards(engine),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
         yield client
-    await delete_all_schedules(engine.client, engine.store, StrategySchedules(engine.client, engine.settings))
 
 
 async def create_strategy(
