@@ -45,6 +45,7 @@ from starter.deps import (
     OrderAlreadyFinished,
     OrderStatus,
     Services,
+    StrategyNotRunning,
     TemporalUnavailable,
     UnknownOrder,
     split_order_key,
@@ -61,7 +62,7 @@ from store.errors import (
     StoreUnavailable,
     StrategyNotFound,
 )
-from store.records import HistoryQuery, OrderLogRecord, StrategyRecord, StrategySpec, StrategyStatus, UserRecord
+from store.records import HistoryQuery, OrderLogRecord, StrategyRecord, StrategySpec, UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +451,10 @@ def install_error_handlers(app: FastAPI) -> None:
         OrderInFlight,
         lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), workflow_id=split_order_key(exc.active_workflow_id)[0]),
     )
+    handler(
+        StrategyNotRunning,
+        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), status=exc.status),
+    )
     handler(ConcurrentUpdate, lambda exc: _error(status.HTTP_409_CONFLICT, f"{exc}; send the request again"))
     handler(UnknownOrder, lambda exc: _error(status.HTTP_404_NOT_FOUND, str(exc)))
     handler(NotFound, lambda exc: _error(status.HTTP_404_NOT_FOUND, str(exc)))
@@ -614,15 +619,6 @@ async def _answer_after_waiting(services: Services, workflow_id: str, wait_secon
     return JSONResponse(status_code=status.HTTP_202_ACCEPTED, content=accepted.model_dump(mode="json"))
 
 
-def _refuse_if_stopped(strategy: StrategyRecord) -> None:
-    if strategy.status == StrategyStatus.STOPPED:
-        raise ApiError(
-            status.HTTP_409_CONFLICT,
-            f"strategy {strategy.id} is STOPPED; start it (POST /strategies/{strategy.id}/start) before ordering",
-            status=strategy.status,
-        )
-
-
 def _add_order_routes(app: FastAPI) -> None:
     @app.post(
         "/execution/order",
@@ -634,13 +630,9 @@ def _add_order_routes(app: FastAPI) -> None:
     )
     async def place_order(body: ManualOrderIn, services: ServicesDep, user: UserDep) -> JSONResponse:
         strategy = await owned_strategy(services, user, body.strategy_id)
-        _refuse_if_stopped(strategy)
-        handle = await temporal_call(
-            "start the order",
-            services.starter.start_order(
-                strategy, OrderType(body.order_type), requested_by=requested_by(user), reason=body.reason
-            ),
-            timeout=None,
+        handle = await services.place_order(
+            strategy, OrderType(body.order_type), requested_by=requested_by(user), reason=body.reason,
+            how_to_start=f"POST /strategies/{strategy.id}/start",
         )
         return await _answer_after_waiting(services, handle.id, body.wait_seconds)
 
@@ -654,13 +646,9 @@ def _add_order_routes(app: FastAPI) -> None:
     )
     async def trigger_stop_loss(body: StopLossIn, services: ServicesDep, user: UserDep) -> JSONResponse:
         strategy = await owned_strategy(services, user, body.strategy_id)
-        _refuse_if_stopped(strategy)
-        handle = await temporal_call(
-            "start the stop-loss order",
-            services.starter.place_sl_sell_order(
-                strategy, body.trigger_price, requested_by=requested_by(user), reason=body.reason
-            ),
-            timeout=None,
+        handle = await services.place_order(
+            strategy, OrderType.SL_SELL, trigger_price=body.trigger_price, requested_by=requested_by(user),
+            reason=body.reason, how_to_start=f"POST /strategies/{strategy.id}/start",
         )
         return await _answer_after_waiting(services, handle.id, body.wait_seconds)
 

@@ -39,6 +39,7 @@ from starter.deps import (
     OrderAlreadyFinished,
     OrderStatus,
     Services,
+    StrategyNotRunning,
     TemporalUnavailable,
     UnknownOrder,
     split_order_key,
@@ -349,12 +350,10 @@ class Cli:
     async def order_place(self, args: argparse.Namespace) -> int:
         order_type: OrderType = args.order_type
         strategy = await self.store.get_strategy(args.strategy_id)
-        starter = self.services.starter
-        if order_type is OrderType.SL_SELL:
-            call = starter.place_sl_sell_order(strategy, args.trigger_price, requested_by=OPERATOR, reason=args.reason)
-        else:
-            call = starter.start_order(strategy, order_type, requested_by=OPERATOR, reason=args.reason)
-        handle = await temporal_call(f"start the {order_type}", call, timeout=None)
+        handle = await self.services.place_order(
+            strategy, order_type, trigger_price=getattr(args, "trigger_price", None), requested_by=OPERATOR,
+            reason=args.reason, how_to_start=f"engine strategies start {strategy.id}",
+        )
         self.say(f"{order_type} started: [bold]{handle.id}[/bold]")
         if not args.wait:
             self.say(f"follow it with: engine order status {handle.id}")
@@ -478,7 +477,7 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         return await command(Cli(services, console), args)
     except DuplicateOrderError as duplicate:
         return _fail(console, CONFLICT, str(duplicate))
-    except (OrderAlreadyFinished, OrderInFlight) as conflict:
+    except (OrderAlreadyFinished, OrderInFlight, StrategyNotRunning) as conflict:
         return _fail(console, CONFLICT, str(conflict))
     except (UnknownOrder, NotFound) as missing:
         return _fail(console, NOT_FOUND, str(missing))

@@ -70,6 +70,15 @@ class UnknownOrder(LookupError):
         self.workflow_id = workflow_id
 
 
+class StrategyNotRunning(Exception):
+    """An order for a stopped strategy: validation would refuse it, so it is not started at all."""
+
+    def __init__(self, strategy: StrategyRecord, how_to_start: str):
+        super().__init__(f"strategy {strategy.id} is {strategy.status}; start it ({how_to_start}) before ordering")
+        self.strategy_id = strategy.id
+        self.status = strategy.status
+
+
 class OrderAlreadyFinished(Exception):
     """The order ended before the request reached it: there is nothing left to cancel."""
 
@@ -164,6 +173,30 @@ class Services:
             await self.store.close()
 
     # Orders
+
+    async def place_order(
+        self,
+        strategy: StrategyRecord,
+        order_type: OrderType,
+        *,
+        trigger_price: Decimal | None = None,
+        requested_by: str,
+        reason: str | None,
+        how_to_start: str,
+    ) -> WorkflowHandle[OrderWorkflow, OrderResult]:
+        """Start a manual order or a stop-loss through the ordinary entry point; DuplicateOrderError names
+        the workflow that already handles the same intent."""
+        if strategy.status == StrategyStatus.STOPPED:
+            raise StrategyNotRunning(strategy, how_to_start)
+        if order_type is OrderType.SL_SELL:
+            if trigger_price is None:
+                raise ValueError("a stop-loss order needs its trigger price")
+            call = self.starter.place_sl_sell_order(
+                strategy, trigger_price, requested_by=requested_by, reason=reason
+            )
+        else:
+            call = self.starter.start_order(strategy, order_type, requested_by=requested_by, reason=reason)
+        return await temporal_call(f"start the {order_type} order", call, timeout=None)
 
     def order_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[OrderWorkflow, OrderResult]:
         return self.client.get_workflow_handle_for(OrderWorkflow.run, workflow_id, run_id=run_id)
