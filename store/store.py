@@ -5,10 +5,11 @@ from __future__ import annotations
 from store.accounts import AccountsMixin
 from store.history import HistoryMixin
 from store.orders import OrdersMixin
+from store.rate_limits import RateLimitsMixin
 from store.strategies import StrategiesMixin
 
 
-class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin):
+class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin, RateLimitsMixin):
     """Users and broker accounts, strategies, the order lifecycle and its audit trail.
 
     `await Store.connect(url, secret_key)`, then `await store.migrate()` once, `await store.close()`
