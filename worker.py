@@ -16,27 +16,32 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.alerts import AlertActivities
+from activities.control import AlertDeliveryActivities, ControlActivities, alert_sinks_from_settings
 from activities.order import BrokerFactory, OrderActivities
+from activities.rate_limit import StorePacer
 from brokers.factory import KiteBrokerFactory
 from engine.events import EventBus
 from engine.market_hours import MarketCalendar, parse_holidays
 from engine.settings import Settings
 from engine.temporal import connect
 from store import Store
+from workflows.emergency_stop import AlertDeliveryWorkflow, EmergencyStopWorkflow
 from workflows.order import OrderWorkflow
 
 log = logging.getLogger("engine.worker")
 
-WORKFLOWS = [OrderWorkflow]
+WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow]
 
 
 @dataclass
 class WorkerParts:
     order_activities: OrderActivities
     alert_activities: AlertActivities
+    control_activities: ControlActivities
+    alert_delivery: AlertDeliveryActivities
 
     def activities(self) -> list:
-        orders, alerts = self.order_activities, self.alert_activities
+        orders, alerts, control = self.order_activities, self.alert_activities, self.control_activities
         return [
             orders.begin_order,
             orders.place_order_once,
@@ -46,6 +51,13 @@ class WorkerParts:
             orders.finish_order,
             alerts.log_alert,
             alerts.post_alert_webhook,
+            control.stop_strategies,
+            control.pause_schedules,
+            control.cancel_orders,
+            control.wait_for_orders,
+            control.square_off,
+            self.alert_delivery.configured_sinks,
+            self.alert_delivery.deliver_alert,
         ]
 
 
@@ -65,8 +77,12 @@ def build_worker(
             settings,
             MarketCalendar(parse_holidays(settings.nse_holidays)),
             events,
+            # Kite's per-account order limit, kept across every worker sharing this database.
+            StorePacer(store, settings.broker_orders_per_second, request_seconds=settings.broker_http_timeout_seconds),
         ),
         alert_activities=AlertActivities(settings.alert_webhook_url),
+        control_activities=ControlActivities(store, client, settings),
+        alert_delivery=AlertDeliveryActivities(alert_sinks_from_settings(settings)),
     )
     worker = Worker(
         client,

@@ -166,6 +166,7 @@ class OrderActivities:
                 "order_type": "MARKET",
                 "quantity": quantity,
                 "trigger_price": str(intent.trigger_price) if intent.trigger_price is not None else None,
+                "square_off": intent.square_off,
             },
         )
 
@@ -175,7 +176,7 @@ class OrderActivities:
                 raise errors.ValidationFailed(
                     f"strategy {locked.id} changed while the order was prepared: try again"
                 )
-            self.validate(intent.order_type, intent.user_id, locked, quantity, _now())
+            self.validate(intent.order_type, intent.user_id, locked, quantity, _now(), square_off=intent.square_off)
 
         try:
             validate(strategy)  # on the snapshot first: a refusal needs no lock
@@ -208,13 +209,30 @@ class OrderActivities:
         )
 
     def validate(
-        self, order_type: OrderType, user_id: int, strategy: StrategyRecord, quantity: int, now: datetime
+        self,
+        order_type: OrderType,
+        user_id: int,
+        strategy: StrategyRecord,
+        quantity: int,
+        now: datetime,
+        *,
+        square_off: bool = False,
     ) -> None:
-        """Each rule with its own message; raises ValidationFailed."""
+        """Each rule with its own message; raises ValidationFailed.
+
+        A square-off (the emergency stop's SELL of an open position) is the one order a STOPPED
+        strategy accepts, and the only one a square-off may be."""
         name = f"strategy {strategy.id} ({strategy.name})"
         if strategy.user_id != user_id:
             raise errors.ValidationFailed(f"{name} does not belong to user {user_id}")
-        if strategy.status != "RUNNING":
+        if square_off:
+            if order_type is not OrderType.SELL:
+                raise errors.ValidationFailed(f"a square-off is a SELL, not a {order_type}: send it as a SELL")
+            if strategy.status != "STOPPED":
+                raise errors.ValidationFailed(
+                    f"{name} is {strategy.status}: only a stopped strategy is squared off; send a plain SELL"
+                )
+        elif strategy.status != "RUNNING":
             raise errors.ValidationFailed(f"{name} is {strategy.status}, not RUNNING: start it to trade")
         if not strategy.symbol:
             raise errors.ValidationFailed(f"{name} has no symbol: set the instrument to trade")

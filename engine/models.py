@@ -24,6 +24,8 @@ class OrderIntent(BaseModel):
     trigger_price: Decimal | None = None
     requested_by: str = "system"
     reason: str | None = None
+    # Set only by the emergency stop: a SELL of a STOPPED strategy's open position (see validate).
+    square_off: bool = False
 
 
 class Outcome(StrEnum):

@@ -207,7 +207,7 @@ class OrderWorkflow:
                 start_to_close_timeout=timedelta(seconds=policy.timeout_seconds) + CANCEL_GRACE * 2,
                 heartbeat_timeout=timedelta(seconds=max(10.0, policy.poll_interval_seconds * 20)),
                 retry_policy=BROKER_CALL_RETRY,
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                cancellation_type=self._follow_cancellation(),
             )
             await workflow.wait_condition(
                 lambda: follow.done() or (self._cancel_requested and not cancel_sent)  # noqa: B023
@@ -240,6 +240,14 @@ class OrderWorkflow:
                 )
                 cancel_sent = True
                 deadline = workflow.now() + CANCEL_GRACE
+
+    @staticmethod
+    def _follow_cancellation() -> workflow.ActivityCancellationType:
+        """The follower learns of a cancel only at its next (throttled) heartbeat, seconds later: the
+        broker's cancel must not wait for that. A stale follower's updates never win (`supersedes`)."""
+        if workflow.patched("cancel-without-waiting-for-follower"):
+            return workflow.ActivityCancellationType.TRY_CANCEL
+        return workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED  # runs started before
 
     def _unknown_state(self, ticket: OrderTicket, broker_order_id: str) -> BrokerOrderState:
         return BrokerOrderState(
