@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Integer, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -49,6 +49,8 @@ class SendSlot:
     broker_account_id: int
     granted: bool
     wait_seconds: float
+    # The slot itself, by the clock the reservation used (the database's on PostgreSQL); None if refused.
+    send_at: datetime | None = None
 
 
 def _microseconds(value: timedelta, name: str) -> int:
@@ -87,7 +89,9 @@ class RateLimitsMixin(StoreBase):
             reserved = (await session.execute(statement)).one_or_none()
             if reserved is not None:
                 send_at_us = reserved.next_free_us - spacing_us
-                return SendSlot(account_id, True, max(0, send_at_us - reserved.now_us) / MICROSECONDS)
+                wait_seconds = max(0, send_at_us - reserved.now_us) / MICROSECONDS
+                send_at = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=send_at_us)
+                return SendSlot(account_id, True, wait_seconds, send_at)
             assert max_wait_us is not None  # only a bounded reservation can be refused
             queue = (
                 await session.execute(
