@@ -32,11 +32,10 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from engine.ids import OrderType
+from engine.ids import OrderType, order_workflow_id
 from engine.models import Alert, OrderIntent, OrderResult
 from engine.settings import Settings
 from engine.temporal import ORDER_STATUS, ORDER_TYPE, STRATEGY_ID, SYMBOL, USER_ID
-from starter.orders import STOP_LOSS_PRIORITY, intent_workflow_id
 from store import Store
 from store.errors import StoreError
 
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # The Temporal schedules of a strategy (see starter.schedules): its entry and its exit.
 SCHEDULE_LEGS = ("entry", "exit")
+# Task priority of a square-off: ahead of routine work, like a stop-loss (starter.orders.STOP_LOSS_PRIORITY).
+SQUARE_OFF_PRIORITY = 1
 # How often a waiting activity tells Temporal it is alive.
 HEARTBEAT_SECONDS = 1.0
 
@@ -260,7 +261,8 @@ class ControlActivities:
                 raise _refusal(error) from None
             if strategy.open_quantity <= 0:
                 continue
-            workflow_id = intent_workflow_id(strategy, OrderType.SELL)
+            # The open position's exit leg, the id every SELL and SL_SELL of this position shares.
+            workflow_id = order_workflow_id(strategy.id, strategy.position_cycle, OrderType.SELL)
             intent = OrderIntent(
                 strategy_id=strategy.id,
                 user_id=strategy.user_id,
@@ -290,9 +292,8 @@ class ControlActivities:
                     static_summary=f"SQUARE-OFF SELL {strategy.open_quantity} {strategy.symbol} "
                     f"for strategy {strategy.id} ({strategy.name})",
                     static_details=f"emergency stop by {request.requested_by}: {request.reason}",
-                    # Flattening a position in an emergency goes ahead of routine work, like a stop-loss.
                     priority=Priority(
-                        priority_key=STOP_LOSS_PRIORITY, fairness_key=f"account-{strategy.broker_account_id}"
+                        priority_key=SQUARE_OFF_PRIORITY, fairness_key=f"account-{strategy.broker_account_id}"
                     ),
                 )
                 started.append(OrderRun(workflow_id=handle.id, run_id=handle.result_run_id))

@@ -97,14 +97,20 @@ async def raise_alert(alert: Alert) -> None:
         AlertActivities.log_alert, alert, start_to_close_timeout=timedelta(seconds=5)
     )
     if has_sinks:
-        info = workflow.info()
-        await workflow.start_child_workflow(
-            AlertDeliveryWorkflow.run,
-            AlertDeliveryRequest(alert=alert),
-            id=f"alert:{info.workflow_id}:{info.run_id}:{workflow.uuid4().hex[:12]}",
-            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-            static_summary=f"{alert.level} alert: {alert.title}",
-        )
+        await deliver_alert_later(alert)
+
+
+async def deliver_alert_later(alert: Alert) -> None:
+    """Start the alert's delivery as a child this workflow abandons: it outlives the workflow, and a
+    failing sink never holds it up."""
+    info = workflow.info()
+    await workflow.start_child_workflow(
+        AlertDeliveryWorkflow.run,
+        AlertDeliveryRequest(alert=alert),
+        id=f"alert:{info.workflow_id}:{info.run_id}:{workflow.uuid4().hex[:12]}",
+        parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+        static_summary=f"{alert.level} alert: {alert.title}",
+    )
 
 
 @workflow.defn(name="AlertDeliveryWorkflow")

@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from engine.temporal import BROKER_ORDER_ID, ORDER_STATUS
 
+from workflows.emergency_stop import deliver_alert_later
+
 STORE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=5),
@@ -334,14 +336,18 @@ class OrderWorkflow:
         has_webhook = await workflow.execute_local_activity_method(
             AlertActivities.log_alert, alert, start_to_close_timeout=timedelta(seconds=5)
         )
-        if has_webhook:
-            await workflow.execute_activity_method(
-                AlertActivities.post_alert_webhook,
-                alert,
-                start_to_close_timeout=timedelta(seconds=10),
-                schedule_to_close_timeout=timedelta(minutes=10),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
-            )
+        if not has_webhook:
+            return
+        if workflow.patched("alert-delivery-outlives-the-order"):
+            await deliver_alert_later(alert)  # a failing webhook must not hold the order's end back
+            return
+        await workflow.execute_activity_method(  # runs started before
+            AlertActivities.post_alert_webhook,
+            alert,
+            start_to_close_timeout=timedelta(seconds=10),
+            schedule_to_close_timeout=timedelta(minutes=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+        )
 
     def _result_of(
         self,
