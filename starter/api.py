@@ -34,20 +34,26 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from engine.errors import DuplicateOrderError
 from engine.ids import OrderType
 from engine.models import Outcome
 from engine.settings import Settings
+from starter.control import (
+    EmergencyStopRefused,
+    EmergencyStopUnconfirmed,
+    InvalidControlRequest,
+    OrderAlreadyFinished,
+    UnknownOrder,
+    start_emergency_stop,
+)
 from starter.deps import (
     MAX_ID,
-    OrderAlreadyFinished,
     OrderStatus,
     Services,
     StrategyNotRunning,
     TemporalUnavailable,
-    UnknownOrder,
     split_order_key,
     strategy_id_of,
     temporal_call,
@@ -445,7 +451,7 @@ def install_error_handlers(app: FastAPI) -> None:
     )
     handler(
         OrderAlreadyFinished,
-        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), workflow_id=exc.workflow_id, status=exc.ended_as),
+        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), workflow_id=exc.workflow_id, status=exc.outcome),
     )
     handler(
         OrderInFlight,
@@ -457,6 +463,22 @@ def install_error_handlers(app: FastAPI) -> None:
     )
     handler(ConcurrentUpdate, lambda exc: _error(status.HTTP_409_CONFLICT, f"{exc}; send the request again"))
     handler(UnknownOrder, lambda exc: _error(status.HTTP_404_NOT_FOUND, str(exc)))
+    handler(InvalidControlRequest, lambda exc: _error(status.HTTP_400_BAD_REQUEST, str(exc)))
+    handler(EmergencyStopRefused, lambda exc: _error(status.HTTP_409_CONFLICT, str(exc)))
+    handler(
+        EmergencyStopUnconfirmed,
+        lambda exc: _error(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}, workflow_id=exc.workflow_id
+        ),
+    )
+    handler(
+        WorkflowUpdateRPCTimeoutOrCancelledError,
+        lambda exc: _error(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "Temporal did not answer in time; the request may still take effect: check, then retry",
+            headers={"Retry-After": "5"},
+        ),
+    )
     handler(NotFound, lambda exc: _error(status.HTTP_404_NOT_FOUND, str(exc)))
     handler(InvalidInput, lambda exc: _error(status.HTTP_400_BAD_REQUEST, str(exc)))
     handler(
@@ -669,6 +691,8 @@ def _add_order_routes(app: FastAPI) -> None:
         responses={**ERROR_RESPONSES, 202: {"model": CancelOut, "description": "asked; no answer yet"}},
         tags=["orders"],
         summary="Cancel an order in flight (409 with what it ended as if it already finished)",
+        description="200 cancelled; 202 asked, the broker has not answered yet (the cancel holds); 409 the order "
+        "had already ended, or the broker refused the cancel because a fill raced it.",
     )
     async def cancel_order(
         workflow_id: WorkflowIdPath,
@@ -680,6 +704,12 @@ def _add_order_routes(app: FastAPI) -> None:
         request = body or CancelIn()
         reason = f"{request.reason} ({requested_by(user)})"
         outcome = await services.cancel_order(workflow_id, reason, wait_seconds=request.wait_seconds)
+        if outcome.accepted is False:
+            raise ApiError(
+                status.HTTP_409_CONFLICT,
+                f"the broker refused the cancel ({outcome.message}); a fill that raced it is kept: follow the status",
+                workflow_id=workflow_id,
+            )
         answer = CancelOut(workflow_id=outcome.workflow_id, accepted=outcome.accepted, message=outcome.message)
         code = status.HTTP_202_ACCEPTED if outcome.accepted is None else status.HTTP_200_OK
         return JSONResponse(status_code=code, content=answer.model_dump(mode="json"))
@@ -726,10 +756,6 @@ def _add_control_routes(app: FastAPI) -> None:
                 status.HTTP_403_FORBIDDEN,
                 "only an administrator may stop every user's strategies; leave all_users out to stop your own",
             )
-        try:
-            from starter.control import start_emergency_stop
-        except ImportError:
-            raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, "the emergency stop is not installed") from None
         workflow_id = await temporal_call(
             "start the emergency stop",
             start_emergency_stop(

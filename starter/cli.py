@@ -35,13 +35,19 @@ from engine.errors import DuplicateOrderError
 from engine.ids import OrderType
 from engine.models import Outcome
 from engine.settings import Settings
-from starter.deps import (
+from starter.control import (
+    EmergencyStopRefused,
+    EmergencyStopUnconfirmed,
+    InvalidControlRequest,
     OrderAlreadyFinished,
+    UnknownOrder,
+    start_emergency_stop,
+)
+from starter.deps import (
     OrderStatus,
     Services,
     StrategyNotRunning,
     TemporalUnavailable,
-    UnknownOrder,
     split_order_key,
     temporal_call,
 )
@@ -378,6 +384,9 @@ class Cli:
             outcome = await self.services.cancel_order(args.workflow_id, f"{args.reason} ({OPERATOR})")
         if outcome.accepted is None:
             self.say(f"[yellow]{outcome.message}[/yellow]")
+        elif not outcome.accepted:
+            self.say(f"[red]the broker refused the cancel:[/red] {outcome.message}; a fill that raced it is kept")
+            return CONFLICT
         else:
             self.say(f"cancelled: {outcome.message}")
         return OK
@@ -421,11 +430,6 @@ class Cli:
         return OK
 
     async def emergency_stop(self, args: argparse.Namespace) -> int:
-        try:
-            from starter.control import start_emergency_stop
-        except ImportError:
-            self.say("[red]the emergency stop is not installed in this build[/red]")
-            return UNAVAILABLE
         if args.user is not None:
             await self.store.get_user(args.user)
         workflow_id = await temporal_call(
@@ -477,13 +481,13 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         return await command(Cli(services, console), args)
     except DuplicateOrderError as duplicate:
         return _fail(console, CONFLICT, str(duplicate))
-    except (OrderAlreadyFinished, OrderInFlight, StrategyNotRunning) as conflict:
+    except (OrderAlreadyFinished, OrderInFlight, StrategyNotRunning, EmergencyStopRefused) as conflict:
         return _fail(console, CONFLICT, str(conflict))
     except (UnknownOrder, NotFound) as missing:
         return _fail(console, NOT_FOUND, str(missing))
-    except (TemporalUnavailable, StoreUnavailable) as unavailable:
+    except (TemporalUnavailable, StoreUnavailable, EmergencyStopUnconfirmed) as unavailable:
         return _fail(console, UNAVAILABLE, str(unavailable))
-    except (InvalidInput, StoreError, ValueError) as refused:
+    except (InvalidInput, InvalidControlRequest, StoreError, ValueError) as refused:
         return _fail(console, FAILED, str(refused))
     finally:
         if opened is not None:

@@ -23,7 +23,6 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
-    WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -32,6 +31,8 @@ from engine.ids import OrderType
 from engine.models import OrderResult, OrderStatusView, Outcome
 from engine.settings import Settings
 from engine.temporal import connect_config, data_converter
+from starter import control
+from starter.control import OrderAlreadyFinished, UnknownOrder
 from starter.orders import OrderStarter
 from starter.schedules import StrategySchedules
 from store import Store
@@ -62,14 +63,6 @@ class TemporalUnavailable(Exception):
         )
 
 
-class UnknownOrder(LookupError):
-    """No order workflow by that id (or not one the caller may see)."""
-
-    def __init__(self, workflow_id: str):
-        super().__init__(f"no order {workflow_id!r}; take the workflow id from the answer that started it")
-        self.workflow_id = workflow_id
-
-
 class StrategyNotRunning(Exception):
     """An order for a stopped strategy: validation would refuse it, so it is not started at all."""
 
@@ -77,16 +70,6 @@ class StrategyNotRunning(Exception):
         super().__init__(f"strategy {strategy.id} is {strategy.status}; start it ({how_to_start}) before ordering")
         self.strategy_id = strategy.id
         self.status = strategy.status
-
-
-class OrderAlreadyFinished(Exception):
-    """The order ended before the request reached it: there is nothing left to cancel."""
-
-    def __init__(self, workflow_id: str, ended_as: str, message: str | None = None):
-        text = f"order {workflow_id} already ended as {ended_as}; there is nothing left to cancel"
-        super().__init__(text + (f" ({message})" if message else ""))
-        self.workflow_id = workflow_id
-        self.ended_as = ended_as
 
 
 def temporal_unreachable(error: BaseException) -> bool:
@@ -238,20 +221,23 @@ class Services:
     async def cancel_order(
         self, workflow_id: str, reason: str, *, wait_seconds: float = DEFAULT_CANCEL_WAIT_SECONDS
     ) -> CancelOutcome:
-        """Ask the order to cancel and wait (bounded) for the broker's answer."""
+        """Ask the order to cancel, and wait (bounded) for the broker's answer.
+
+        The cancel goes first as a signal, which the workflow's history keeps: it holds even when the
+        answer takes longer than the caller waits. `starter.control.cancel_order` then gives the answer,
+        or raises OrderAlreadyFinished (with what the order ended as) or UnknownOrder."""
         description = await self._describe(workflow_id)
         if description.status != WorkflowExecutionStatus.RUNNING:
-            raise await self._already_finished(workflow_id)
+            final = await self.order_status(workflow_id)
+            raise OrderAlreadyFinished(workflow_id, final.outcome or final.workflow_status, final.message)
         handle = self.order_handle(workflow_id, description.run_id)
         try:
-            # The signal is recorded in the workflow's history: the cancel holds even if nobody waits.
-            await temporal_call("send the cancel signal", handle.signal(OrderWorkflow.cancel, reason))
+            await temporal_call("send the cancel", handle.signal(OrderWorkflow.cancel, reason))
         except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:  # finished in between
-                raise await self._already_finished(workflow_id) from None
-            raise
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise  # NOT_FOUND: it ended in between; the answer below says how
         try:
-            answer = await asyncio.wait_for(handle.execute_update(OrderWorkflow.request_cancel, reason), wait_seconds)
+            answer = await asyncio.wait_for(control.cancel_order(self.client, workflow_id, reason), wait_seconds)
         except TimeoutError:
             return CancelOutcome(
                 workflow_id=workflow_id,
@@ -259,23 +245,11 @@ class Services:
                 message=f"cancel requested; the broker has not confirmed it within {wait_seconds:g}s. "
                 "The order workflow keeps at it: follow it with the status call",
             )
-        except (RPCError, RuntimeError, WorkflowUpdateFailedError) as error:
+        except (RPCError, RuntimeError) as error:
             if temporal_unreachable(error):
                 raise TemporalUnavailable("wait for the cancel's answer", error) from None
-            final = await self.order_status(workflow_id)
-            if not final.finished:
-                raise
-            raise OrderAlreadyFinished(workflow_id, final.outcome or final.workflow_status, final.message) from None
-        if answer.accepted:
-            return CancelOutcome(workflow_id=workflow_id, accepted=True, message=answer.message)
-        final = await self.order_status(workflow_id)
-        if final.outcome == Outcome.CANCELLED.value:
-            return CancelOutcome(workflow_id=workflow_id, accepted=True, message=final.message or answer.message)
-        raise OrderAlreadyFinished(workflow_id, final.outcome or final.workflow_status, answer.message)
-
-    async def _already_finished(self, workflow_id: str) -> OrderAlreadyFinished:
-        final = await self.order_status(workflow_id)
-        return OrderAlreadyFinished(workflow_id, final.outcome or final.workflow_status, final.message)
+            raise
+        return CancelOutcome(workflow_id=workflow_id, accepted=answer.accepted, message=answer.message)
 
     async def _describe(self, workflow_id: str) -> WorkflowExecutionDescription:
         try:

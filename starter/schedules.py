@@ -323,10 +323,3 @@ class ScheduledOrderActivities:
 
 def _activity_failure(error: StoreError) -> ApplicationError:
     return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable)
-
-
-async def pause_strategy_schedules(client: Client, settings: Settings, strategy_ids: Iterable[int], note: str) -> None:
-    """Pause the schedules of several strategies (the emergency stop's step)."""
-    schedules = StrategySchedules(client, settings)
-    for strategy_id in strategy_ids:
-        await schedules.pause(strategy_id, note)

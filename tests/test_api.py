@@ -483,15 +483,29 @@ async def test_another_users_broker_account_is_404(engine: Engine, api: httpx.As
     assert f"broker account {bob.account_id} does not exist" in refused.json()["detail"]
 
 
-async def test_emergency_stop_of_every_user_needs_an_administrator(engine: Engine, api: httpx.AsyncClient) -> None:
-    alice = await api_user(engine, "alice")
+async def test_emergency_stop_stops_the_users_strategies_and_pauses_their_schedules(
+    engine: Engine, api: httpx.AsyncClient
+) -> None:
+    alice, bob = await api_user(engine, "alice"), await api_user(engine, "bob")
+    first = await create_strategy(api, alice, entry_time="09:20", exit_time="15:10")
+    second = await create_strategy(api, alice, symbol="TCS")
+    bobs = await create_strategy(api, bob, symbol="ITC")
 
-    refused = await api.post(
+    stopped = await api.post("/execution/emergency-stop", json={"reason": "broker outage"}, headers=alice.headers)
+    everyone = await api.post(
         "/execution/emergency-stop", json={"reason": "panic", "all_users": True}, headers=alice.headers
     )
 
-    assert refused.status_code == 403
-    assert "administrator" in refused.json()["detail"]
+    assert stopped.status_code == 202, stopped.text
+    assert stopped.json()["workflow_id"]
+    for strategy in (first, second):
+        after = (await api.get(f"/strategies/{strategy['id']}", headers=alice.headers)).json()
+        assert after["status"] == "STOPPED" and "broker outage" in after["stop_reason"]
+    await engine.client.get_workflow_handle(stopped.json()["workflow_id"]).result()  # cancels, pauses, alerts
+    schedules = (await api.get(f"/strategies/{first['id']}", headers=alice.headers)).json()["schedules"]
+    assert [schedule["paused"] for schedule in schedules] == [True, True]
+    assert (await api.get(f"/strategies/{bobs['id']}", headers=bob.headers)).json()["status"] == "RUNNING"
+    assert everyone.status_code == 403 and "administrator" in everyone.json()["detail"]
 
 
 async def test_health_and_openapi_docs(engine: Engine, api: httpx.AsyncClient) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time as clock
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, time, timedelta
 from typing import Any
 
@@ -20,12 +21,8 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
-from activities.alerts import AlertActivities
-from activities.order import OrderActivities
-from brokers.factory import KiteBrokerFactory
 from brokers.paper.testing import PaperBrokerServer
 from engine.ids import OrderType
-from engine.market_hours import MarketCalendar, parse_holidays
 from engine.models import Outcome
 from engine.settings import Settings
 from starter.deps import Services
@@ -41,7 +38,7 @@ from store import HistoryQuery, Store
 from store.records import StrategyRecord
 from tests.fixtures.temporal import Engine, make_engine
 from tests.test_api import schedules_removed_afterwards
-from worker import WORKFLOWS, WorkerParts
+from worker import WORKFLOWS, build_worker
 from workflows.order import OrderWorkflow
 from workflows.scheduled import ScheduledOrder, ScheduledOrderResult, ScheduledOrderWorkflow, ScheduledOutcome
 
@@ -50,23 +47,19 @@ WAIT_SECONDS = 20.0
 
 
 def scheduling_worker(engine: Engine) -> Worker:
-    """The engine's worker plus the scheduled-order workflow and its activity (once, if worker.py has them)."""
-    settings = engine.settings
-    parts = WorkerParts(
-        order_activities=OrderActivities(
-            engine.store, KiteBrokerFactory(settings), settings, MarketCalendar(parse_holidays(settings.nse_holidays)),
-            engine.events,
-        ),
-        alert_activities=AlertActivities(settings.alert_webhook_url),
+    """The engine's worker, with the scheduled-order workflow and its activity added unless worker.py has them."""
+    if ScheduledOrderWorkflow in WORKFLOWS:
+        worker, _ = build_worker(engine.client, engine.store, engine.settings, events=engine.events)
+        return worker
+    # The activities as build_worker wires them (its own Worker, on a queue nobody uses, is never started).
+    _, parts = build_worker(
+        engine.client, engine.store, engine.settings, events=engine.events, task_queue=f"unused-{uuid.uuid4()}"
     )
-    activities: dict[str, Callable[..., Any]] = {fn.__name__: fn for fn in parts.activities()}
-    activities.setdefault("start_scheduled_order", ScheduledOrderActivities(engine.starter).start_scheduled_order)
-    workflows = list(dict.fromkeys([*WORKFLOWS, ScheduledOrderWorkflow]))
     return Worker(
         engine.client,
         task_queue=engine.settings.task_queue,
-        workflows=workflows,
-        activities=list(activities.values()),
+        workflows=[*WORKFLOWS, ScheduledOrderWorkflow],
+        activities=[*parts.activities(), ScheduledOrderActivities(engine.starter).start_scheduled_order],
         max_concurrent_activities=200,
     )
 
