@@ -143,3 +143,23 @@ async def test_errors_have_clear_messages_and_exit_codes(
     assert unknown_order.code == NOT_FOUND and "no order" in unknown_order.output
     assert wrong_usage.code == USAGE and bad_time.code == USAGE
     assert unreachable.code == UNAVAILABLE and "Temporal is unreachable" in unreachable.output
+
+
+async def test_an_emergency_stop_from_the_cli_stops_the_users_strategies(engine: Engine, engine_cli: Operator) -> None:
+    cli = engine_cli
+    first = await engine.strategy("INFY", api_key="dave")
+    second = await engine.strategy("TCS", api_key="dave")
+    bystander = await engine.strategy("ITC", api_key="erin")
+
+    no_scope = await cli("emergency-stop", "--reason", "what for")
+    stopped = await cli("emergency-stop", "--user", str(first.user_id), "--reason", "feed is down")
+    unknown_user = await cli("emergency-stop", "--user", "99999999")
+
+    assert no_scope.code == USAGE
+    assert stopped.code == OK, stopped.output
+    assert f"user {first.user_id}'s strategies started" in stopped.output
+    for strategy in (first, second):
+        after = await engine.store.get_strategy(strategy.id)
+        assert after.status == "STOPPED" and "feed is down" in (after.stop_reason or "")
+    assert (await engine.store.get_strategy(bystander.id)).status == "RUNNING"
+    assert unknown_user.code == NOT_FOUND and "user 99999999 does not exist" in unknown_user.output

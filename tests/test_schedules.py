@@ -178,13 +178,24 @@ async def test_schedules_are_paused_resumed_updated_and_deleted_with_the_strateg
     [entry_view, _] = await services.schedules.describe(strategy.id)
     await services.sync_schedules(await store.update_strategy(strategy.id, exit_time=None))
     without_exit = await states()
+    await services.schedules.pause(strategy.id, "by hand")
+    paused_by_hand = await states()
+    await services.schedules.resume(strategy.id, "by hand again")
+    resumed_by_hand = await states()
     await services.schedules.delete(strategy.id)
+    other = await scheduling.strategy("WIPRO")
+    synced = await services.schedules.sync_all([other, await store.get_strategy(strategy.id)])
+    after_sync_all = await states()
 
     assert created == [("entry", time(9, 20), True), ("exit", time(15, 10), True)]
     assert resumed == [("entry", time(9, 20), False), ("exit", time(15, 10), False)]
     assert updated == [("entry", time(9, 30), False), ("exit", time(15, 10), False)]
     assert entry_view.paused and entry_view.note is not None and "going home" in entry_view.note
     assert without_exit == [("entry", time(9, 30), True)]
+    assert paused_by_hand == [("entry", time(9, 30), True)] and resumed_by_hand == [("entry", time(9, 30), False)]
+    assert synced == 2 and after_sync_all == [("entry", time(9, 30), True)]  # back as the stopped strategy has it
+    assert await schedule_exists(client, schedule_id(other.id, Leg.EXIT))
+    await services.schedules.delete(strategy.id)
     assert not await schedule_exists(client, schedule_id(strategy.id, Leg.ENTRY))
     assert not await schedule_exists(client, schedule_id(strategy.id, Leg.EXIT))
 
