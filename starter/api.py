@@ -12,7 +12,6 @@ database unreachable). Money goes in and out as decimal strings. OpenAPI docs at
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -70,8 +69,6 @@ from store.errors import (
 )
 from store.records import HistoryQuery, OrderLogRecord, StrategyRecord, StrategySpec, UserRecord
 
-log = logging.getLogger(__name__)
-
 MAX_WAIT_SECONDS = 30.0
 CENTS = Decimal("0.01")
 API_KEY_SHAPE = re.compile(r"[A-Za-z0-9_\-]{1,200}")
@@ -110,7 +107,8 @@ PercentIn = Annotated[
 
 def money_text(value: Decimal) -> str:
     """Plain notation with at least two places, whatever the Decimal's own exponent: 0 → "0.00"."""
-    if value.as_tuple().exponent > -2:  # type: ignore[operator]
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > -2:
         value = value.quantize(CENTS)
     return format(value, "f")
 
@@ -490,6 +488,14 @@ def install_error_handlers(app: FastAPI) -> None:
         lambda exc: _error(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; the database is unreachable, retry shortly",
             headers={"Retry-After": "5"},
+        ),
+    )
+    # Anything else is a bug: the same shape of answer, and the traceback in the server's log.
+    handler(
+        Exception,
+        lambda exc: _error(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            f"the API failed unexpectedly ({type(exc).__name__}); the server log has the details, please report it",
         ),
     )
 
