@@ -52,7 +52,8 @@ MAX_ID = 2**31 - 1  # the store's integer ids
 
 
 class TemporalUnavailable(Exception):
-    """Temporal could not be reached. Nothing was started or changed there; retrying later helps."""
+    """Temporal could not be reached, or did not answer a read in time. Retrying later helps; a repeated
+    order start is safe (if the first got through, the repeat is refused as a duplicate naming it)."""
 
     retryable = True
 
