@@ -23,7 +23,7 @@ from temporalio.worker import Replayer, Worker
 
 from brokers.paper.testing import PaperBrokerServer
 from engine.ids import OrderType
-from engine.models import Outcome
+from engine.models import OrderResult, Outcome
 from engine.settings import Settings
 from starter.deps import Services
 from starter.schedules import (
@@ -39,7 +39,6 @@ from store.records import StrategyRecord
 from tests.fixtures.temporal import Engine, make_engine
 from tests.test_api import schedules_removed_afterwards
 from worker import WORKFLOWS, build_worker
-from workflows.order import OrderWorkflow
 from workflows.scheduled import ScheduledOrder, ScheduledOrderResult, ScheduledOrderWorkflow, ScheduledOutcome
 
 HOLIDAYS = "2026-01-26,2026-03-03"
@@ -246,7 +245,7 @@ async def test_the_exit_schedule_sells_the_open_position(scheduling: Engine) -> 
     await exit_.trigger()
     [result] = await scheduled_results(scheduling.client, exit_.id, 1)
     assert result.outcome is ScheduledOutcome.STARTED and result.order_workflow_id is not None
-    sold = await scheduling.client.get_workflow_handle_for(OrderWorkflow.run, result.order_workflow_id).result()
+    sold = await scheduling.client.get_workflow_handle(result.order_workflow_id, result_type=OrderResult).result()
 
     assert (sold.order_type, sold.outcome, sold.filled_quantity) == (OrderType.SELL, Outcome.FILLED, 2)
     after = await scheduling.store.get_strategy(strategy.id)
