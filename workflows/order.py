@@ -56,6 +56,9 @@ BROKER_CALL_RETRY = RetryPolicy(
     maximum_attempts=10,
     non_retryable_error_types=[errors.BROKER_REFUSED, errors.SESSION_EXPIRED],
 )
+# Placing and cancelling first wait their turn in the account's order queue (Kite: 10 per second per
+# account, across workers): room in one attempt for a burst of a few hundred orders of one account.
+ORDER_QUEUE_ALLOWANCE = timedelta(seconds=30)
 # After a cancel, how long the broker gets to confirm a terminal state before a person is asked.
 CANCEL_GRACE = timedelta(seconds=30)
 
@@ -158,7 +161,7 @@ class OrderWorkflow:
                 OrderActivities.place_order_once,
                 PlaceOrder(ticket=ticket),
                 # Longer than the HTTP client's timeout: an attempt is never abandoned mid-request.
-                start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
+                start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5) + ORDER_QUEUE_ALLOWANCE,
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(milliseconds=500),
                     backoff_coefficient=2.0,
@@ -237,7 +240,7 @@ class OrderWorkflow:
                 self._cancel_answer = await workflow.execute_activity_method(
                     OrderActivities.cancel_at_broker,
                     CancelAtBroker(ticket=ticket, broker_order_id=broker_order_id),
-                    start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
+                    start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5) + ORDER_QUEUE_ALLOWANCE,
                     retry_policy=BROKER_CALL_RETRY,
                 )
                 cancel_sent = True
