@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.alerts import AlertActivities
 from activities.control import AlertDeliveryActivities, ControlActivities, alert_sinks_from_settings
@@ -24,13 +26,16 @@ from engine.events import EventBus
 from engine.market_hours import MarketCalendar, parse_holidays
 from engine.settings import Settings
 from engine.temporal import connect
+from starter.orders import OrderStarter
+from starter.schedules import ScheduledOrderActivities
 from store import Store
 from workflows.emergency_stop import AlertDeliveryWorkflow, EmergencyStopWorkflow
 from workflows.order import OrderWorkflow
+from workflows.scheduled import ScheduledOrderWorkflow
 
 log = logging.getLogger("engine.worker")
 
-WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow]
+WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow]
 
 
 @dataclass
@@ -39,6 +44,7 @@ class WorkerParts:
     alert_activities: AlertActivities
     control_activities: ControlActivities
     alert_delivery: AlertDeliveryActivities
+    scheduled: ScheduledOrderActivities
 
     def activities(self) -> list:
         orders, alerts, control = self.order_activities, self.alert_activities, self.control_activities
@@ -58,6 +64,7 @@ class WorkerParts:
             control.square_off,
             self.alert_delivery.configured_sinks,
             self.alert_delivery.deliver_alert,
+            self.scheduled.start_scheduled_order,
         ]
 
 
@@ -69,6 +76,7 @@ def build_worker(
     brokers: BrokerFactory | None = None,
     events: EventBus | None = None,
     task_queue: str | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> tuple[Worker, WorkerParts]:
     parts = WorkerParts(
         order_activities=OrderActivities(
@@ -83,6 +91,7 @@ def build_worker(
         alert_activities=AlertActivities(settings.alert_webhook_url),
         control_activities=ControlActivities(store, client, settings),
         alert_delivery=AlertDeliveryActivities(alert_sinks_from_settings(settings)),
+        scheduled=ScheduledOrderActivities(OrderStarter(client, store, settings)),
     )
     worker = Worker(
         client,
@@ -93,6 +102,12 @@ def build_worker(
         max_concurrent_activities=2000,
         max_concurrent_local_activities=500,
         max_cached_workflows=2000,
+        interceptors=interceptors,
+        # The sandbox still forbids non-deterministic calls; importing every module once instead of per
+        # workflow instance saves milliseconds of CPU on every order.
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
+        ),
     )
     return worker, parts
 
@@ -100,7 +115,9 @@ def build_worker(
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
-    store = await Store.connect(settings.database_url, settings.engine_secret_key)
+    store = await Store.connect(
+        settings.database_url, settings.engine_secret_key, pool_size=settings.database_pool_size
+    )
     client = await connect()
     worker, _ = build_worker(client, store, settings)
     stop = asyncio.Event()

@@ -287,9 +287,6 @@ class OrderActivities:
                 await self.store.set_placement_started(ticket.order_key, None)
             raise broker_failure(error, sent_at=sent_at, window=window) from None
         await self.store.record_placement(ticket.order_key, order_id, sent_at, adopted=False)
-        await self.store.append_order_event(
-            ticket.order_key, "PLACED", {"broker_order_id": order_id, "tag": ticket.tag}
-        )
         return Placement(broker_order_id=order_id, adopted=False)
 
     @activity.defn(name="find_placed_order")
@@ -320,9 +317,6 @@ class OrderActivities:
         if existing is None:
             return None
         await self.store.record_placement(ticket.order_key, existing.order_id, _now(), adopted=True)
-        await self.store.append_order_event(
-            ticket.order_key, "ADOPTED", {"broker_order_id": existing.order_id, "tag": ticket.tag}
-        )
         return Placement(broker_order_id=existing.order_id, adopted=True)
 
     # 4. Follow to a terminal state.
@@ -371,11 +365,8 @@ class OrderActivities:
                 return FollowResult(state=current, timed_out=True)
 
     async def _record_update(self, order_key: str, state: BrokerOrderState) -> None:
-        applied = await self.store.record_order_update(
-            order_key, state.status, state.filled_quantity, state.average_price, None
-        )
-        if applied:
-            await self.store.append_order_event(order_key, "STATUS", state.model_dump(mode="json"))
+        # The store appends the STATUS event to the order's trail in the same transaction.
+        await self.store.record_order_update(order_key, state.status, state.filled_quantity, state.average_price, None)
 
     # Cancel at the broker (timeout, or a person's cancel).
 
@@ -439,12 +430,13 @@ class OrderActivities:
             if not error.retryable:
                 raise ApplicationError(str(error), type=type(error).__name__, non_retryable=True) from None
             raise
-        event = {
-            "type": "ORDER_EXECUTED",
-            "order_key": request.order_key,
-            "strategy_id": request.strategy_id,
-            "order_type": request.order_type.value,
-            **result,
-        }
-        await self.store.append_order_event(request.order_key, "ORDER_EXECUTED", event)
-        self.events.publish(event)
+        # finish_order wrote the ORDER_EXECUTED row of the outbox; subscribers in this process hear it now.
+        self.events.publish(
+            {
+                "type": "ORDER_EXECUTED",
+                "order_key": request.order_key,
+                "strategy_id": request.strategy_id,
+                "order_type": request.order_type.value,
+                **result,
+            }
+        )

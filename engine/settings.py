@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     # Key that encrypts broker credentials at rest (Fernet, urlsafe base64 of 32 bytes). Unset in the
     # embedded mode: a key is generated once into ./data/secret.key.
     engine_secret_key: str | None = Field(default=None, repr=False)
+    database_pool_size: int = Field(default=20, ge=1)
 
     # Temporal.
     task_queue: str = "orders"
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     order_poll_interval_seconds: float = Field(default=0.25, gt=0)
     market_protection: int = -1
     enforce_market_hours: bool = True
+    # A scheduled market order that missed its time by more than this is not sent late.
+    schedule_catchup_window_seconds: float = Field(default=60.0, ge=10)
     # Comma-separated ISO dates on which NSE is closed, e.g. "2026-01-26,2026-03-03".
     nse_holidays: str | None = None
 

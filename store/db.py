@@ -48,7 +48,9 @@ def create_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 
     engine = create_async_engine(
         url,
         json_serializer=dumps_json,
-        pool_pre_ping=url.get_backend_name() == "postgresql",
+        # No pre-ping: it costs a round trip per checkout. A connection lost when the database blinks
+        # fails its one call, SQLAlchemy drops the pool's stale connections, and the activity retries.
+        pool_recycle=300,
         **pool_options,
         **options,
     )
