@@ -7,6 +7,7 @@ calendar); nothing here is a module-level singleton, so tests build it with a re
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -44,11 +45,12 @@ from engine.order_state import supersedes
 from engine.settings import Settings
 from store import Store
 from store.errors import CredentialsMissing, OrderInFlight, StoreError, StrategyNotFound
-from store.records import Fill, NewOrder, StrategyRecord
+from store.records import BrokerCredentials, Fill, NewOrder, StrategyRecord
 
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_BACKOFF = timedelta(seconds=1)
+CREDENTIALS_TTL_SECONDS = 30.0
 
 
 class BrokerFactory(Protocol):
@@ -128,13 +130,26 @@ class OrderActivities:
         self.calendar = calendar or MarketCalendar()
         self.events = events or EventBus()
         self.watcher = OrderBookWatcher(settings.order_poll_interval_seconds)
+        self._credentials: dict[int, tuple[float, BrokerCredentials]] = {}
 
-    async def _broker(self, account_id: int) -> Broker:
-        try:
-            credentials = await self.store.broker_credentials(account_id)
-        except CredentialsMissing as missing:
-            raise ApplicationError(str(missing), type=errors.SESSION_EXPIRED, non_retryable=True) from None
+    async def _broker(self, account_id: int, *, renew: bool = False) -> Broker:
+        """The account's broker client. Credentials are kept for a few seconds: the order path does not
+        read and decrypt them again for every call; `renew` reads them afresh."""
+        cached = self._credentials.get(account_id)
+        if renew or cached is None or time.monotonic() - cached[0] > CREDENTIALS_TTL_SECONDS:
+            try:
+                credentials = await self.store.broker_credentials(account_id)
+            except CredentialsMissing as missing:
+                raise ApplicationError(str(missing), type=errors.SESSION_EXPIRED, non_retryable=True) from None
+            cached = self._credentials[account_id] = (time.monotonic(), credentials)
+        credentials = cached[1]
         return self.brokers.for_credentials(credentials.api_key, credentials.access_token)
+
+    async def _renewed_broker(self, account_id: int, expired: Broker) -> Broker | None:
+        """After a TokenException: a client on a newer token, if the store has one (the kept one was
+        stale); None if the store's token is the one that expired: a person must log in again."""
+        renewed = await self._broker(account_id, renew=True)
+        return None if renewed is expired else renewed
 
     # 1 + 2. Validate and record the attempt, under the strategy's row lock.
 
@@ -263,10 +278,6 @@ class OrderActivities:
     async def place_order_once(self, request: PlaceOrder) -> Placement:
         ticket = request.ticket
         broker = await self._broker(ticket.broker_account_id)
-        window = self.settings.retry_window_seconds
-        existing = await self._reconcile(ticket, broker)
-        if existing is not None:
-            return existing
         order_request = OrderRequest(
             exchange=ticket.exchange,
             tradingsymbol=ticket.symbol,
@@ -279,30 +290,45 @@ class OrderActivities:
         )
         await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
-        await self.store.set_placement_started(ticket.order_key, sent_at)
+        previous_send = await self.store.start_placement(ticket.order_key, sent_at)
+        if previous_send is not None:
+            # An earlier attempt (a retry, or a replay after a crash) may have reached the broker.
+            existing = await self._adopt_placed(ticket, broker, previous_send)
+            if existing is not None:
+                return existing
+            await self.pacer.wait_turn(ticket.broker_account_id)
+            sent_at = _now()
+            await self.store.set_placement_started(ticket.order_key, sent_at)
         try:
-            order_id = await broker.place_order(order_request)
+            try:
+                order_id = await broker.place_order(order_request)
+            except SessionExpiredError:
+                renewed = await self._renewed_broker(ticket.broker_account_id, broker)
+                if renewed is None:
+                    raise
+                order_id = await renewed.place_order(order_request)  # a TokenException placed nothing
         except BrokerError as error:
             if not _may_have_placed(error):
                 await self.store.set_placement_started(ticket.order_key, None)
-            raise broker_failure(error, sent_at=sent_at, window=window) from None
+            raise broker_failure(error, sent_at=sent_at, window=self.settings.retry_window_seconds) from None
         await self.store.record_placement(ticket.order_key, order_id, sent_at, adopted=False)
         return Placement(broker_order_id=order_id, adopted=False)
 
     @activity.defn(name="find_placed_order")
     async def find_placed_order(self, ticket: OrderTicket) -> Placement | None:
         """After the last placement attempt failed ambiguously: is the order at the broker after all?"""
-        return await self._reconcile(ticket, await self._broker(ticket.broker_account_id))
-
-    async def _reconcile(self, ticket: OrderTicket, broker: Broker) -> Placement | None:
-        """If an earlier attempt may have reached the broker, find its order by tag and adopt it.
-
-        A "not found" is trusted only once the earlier request's window has passed.
-        """
-        window = self.settings.retry_window_seconds
         previous_send = await self.store.placement_started_at(ticket.order_key)
         if previous_send is None:
-            return None
+            return None  # the last attempt surely sent nothing
+        return await self._adopt_placed(ticket, await self._broker(ticket.broker_account_id), previous_send)
+
+    async def _adopt_placed(self, ticket: OrderTicket, broker: Broker, previous_send: datetime) -> Placement | None:
+        """Find the order an earlier attempt sent, by tag, and adopt it.
+
+        A "not found" is trusted only once the earlier request's window has passed: until then the
+        attempt is retried after the rest of the window.
+        """
+        window = self.settings.retry_window_seconds
         wait = (previous_send + timedelta(seconds=window) - _now()).total_seconds()
         if wait > 0:
             raise ApplicationError(
@@ -345,7 +371,9 @@ class OrderActivities:
                     if misses >= 3:  # not in the book snapshot yet: ask for the order itself
                         order = await broker.order_status(request.broker_order_id)
             except SessionExpiredError as expired:
-                raise broker_failure(expired, sent_at=None, window=0) from None
+                if await self._renewed_broker(ticket.broker_account_id, broker) is None:
+                    raise broker_failure(expired, sent_at=None, window=0) from None
+                continue
             except DefinitiveBrokerError as refused:
                 raise broker_failure(refused, sent_at=None, window=0) from None
             except BrokerError as passing:
@@ -375,7 +403,13 @@ class OrderActivities:
         broker = await self._broker(request.ticket.broker_account_id)
         await self.pacer.wait_turn(request.ticket.broker_account_id)
         try:
-            await broker.cancel_order(request.broker_order_id)
+            try:
+                await broker.cancel_order(request.broker_order_id)
+            except SessionExpiredError:
+                renewed = await self._renewed_broker(request.ticket.broker_account_id, broker)
+                if renewed is None:
+                    raise
+                await renewed.cancel_order(request.broker_order_id)
         except (SessionExpiredError, RateLimitedError, AmbiguousBrokerError) as error:
             raise broker_failure(error, sent_at=None, window=0) from None
         except DefinitiveBrokerError as refused:

@@ -246,6 +246,20 @@ class OrdersMixin(StoreBase):
             else:
                 session.add(_event(order, OrderEventType.PLACEMENT_SENT, {"sent_at": sent}, now))
 
+    async def start_placement(self, workflow_id: str, sent_at: datetime) -> datetime | None:
+        """Stamp the first placement attempt's send time and answer None; if an earlier attempt was
+        already stamped, change nothing and answer its time: that request may have reached the broker."""
+        workflow_id = _workflow_id(workflow_id)
+        sent = check.aware_datetime(sent_at, "sent_at")
+        async with self._write() as session:
+            order = await self._order_row(session, workflow_id, lock=True)
+            if order.placement_sent_at is not None:
+                return order.placement_sent_at
+            now = utc_now()
+            order.placement_sent_at, order.updated_at = sent, now
+            session.add(_event(order, OrderEventType.PLACEMENT_SENT, {"sent_at": sent}, now))
+            return None
+
     async def placement_started_at(self, workflow_id: str) -> datetime | None:
         async with self._read() as session:
             return (await self._order_row(session, _workflow_id(workflow_id))).placement_sent_at

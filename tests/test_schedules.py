@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time as clock
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, time, timedelta
 from typing import Any
@@ -28,7 +27,6 @@ from engine.settings import Settings
 from starter.deps import Services
 from starter.schedules import (
     Leg,
-    ScheduledOrderActivities,
     StrategySchedules,
     catchup_window,
     schedule_id,
@@ -46,21 +44,9 @@ WAIT_SECONDS = 20.0
 
 
 def scheduling_worker(engine: Engine) -> Worker:
-    """The engine's worker, with the scheduled-order workflow and its activity added unless worker.py has them."""
-    if ScheduledOrderWorkflow in WORKFLOWS:
-        worker, _ = build_worker(engine.client, engine.store, engine.settings, events=engine.events)
-        return worker
-    # The activities as build_worker wires them (its own Worker, on a queue nobody uses, is never started).
-    _, parts = build_worker(
-        engine.client, engine.store, engine.settings, events=engine.events, task_queue=f"unused-{uuid.uuid4()}"
-    )
-    return Worker(
-        engine.client,
-        task_queue=engine.settings.task_queue,
-        workflows=[*WORKFLOWS, ScheduledOrderWorkflow],
-        activities=[*parts.activities(), ScheduledOrderActivities(engine.starter).start_scheduled_order],
-        max_concurrent_activities=200,
-    )
+    """The engine's worker, which runs scheduled orders too."""
+    worker, _ = build_worker(engine.client, engine.store, engine.settings, events=engine.events)
+    return worker
 
 
 @pytest.fixture
@@ -74,7 +60,7 @@ async def scheduling(temporal_client: Client, engine_store: Store, paper: PaperB
 
 
 async def replay_task_queue(engine: Engine) -> None:
-    replayer = Replayer(workflows=[*WORKFLOWS, ScheduledOrderWorkflow], data_converter=engine.client.data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=engine.client.data_converter)
     async for execution in engine.client.list_workflows(f'TaskQueue="{engine.settings.task_queue}"'):
         handle = engine.client.get_workflow_handle(execution.id, run_id=execution.run_id)
         await replayer.replay_workflow(await handle.fetch_history())
