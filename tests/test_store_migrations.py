@@ -35,6 +35,7 @@ from tests.fixtures.db import (
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ORDER_TABLES = {"orders", "order_logs", "order_events"}
 ACCOUNT_TABLES = {"users", "broker_accounts", "strategies"}
+RATE_LIMIT_TABLES = {"order_rate_limits"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -77,7 +78,7 @@ async def test_a_fresh_database_migrates_to_exactly_the_models(empty_store: Stor
 
     await empty_store.migrate()
     assert await migrations.current_revision(empty_store.engine) == migrations.head_revision()
-    assert await tables(empty_store.engine) == ACCOUNT_TABLES | ORDER_TABLES
+    assert await tables(empty_store.engine) == ACCOUNT_TABLES | ORDER_TABLES | RATE_LIMIT_TABLES
     assert await schema_differences(empty_store.engine) == []
 
     await empty_store.migrate()  # a second start finds nothing to do
