@@ -180,8 +180,9 @@ async def start_emergency_stop(
     )
     try:
         await asyncio.wait_for(
+            # The request rides on the update too: a press that joins a running stop can add a square-off.
             client.execute_update_with_start_workflow(
-                EmergencyStopWorkflow.strategies_stopped, start_workflow_operation=start
+                EmergencyStopWorkflow.strategies_stopped, request, start_workflow_operation=start
             ),
             STOPPED_CONFIRMATION_TIMEOUT.total_seconds(),
         )

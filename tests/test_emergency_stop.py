@@ -11,12 +11,24 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleHandle,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    ScheduleState,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.exceptions import ApplicationError
 
 from brokers.paper.testing import PaperBrokerServer
@@ -101,22 +113,25 @@ async def test_pressing_it_twice_is_harmless_and_squares_off_once(engine: Engine
     engine.paper.control.set_price("HDFCBANK", "1590.00")
     user_id = holding.user_id
 
-    first, second = await asyncio.gather(
-        *(
-            start_emergency_stop(
-                engine.client, engine.settings, user_id=user_id, square_off=True, reason="market halt",
-                requested_by="alice",
-            )
-            for _ in range(2)
+    async with strategy_schedules(engine, holding.id) as schedules:
+        first = await start_emergency_stop(
+            engine.client, engine.settings, user_id=user_id, square_off=False, reason="market halt",
+            requested_by="alice",
         )
-    )
-    report = await wait_for_emergency_stop(engine.client, first)
-    third = await start_emergency_stop(  # after the first finished: a new run of the same steps
+        # Pressed again, now with a square-off: it joins the stop if still running, else runs anew.
+        second = await start_emergency_stop(
+            engine.client, engine.settings, user_id=user_id, square_off=True, reason="market halt",
+            requested_by="alice",
+        )
+        report = await wait_for_emergency_stop(engine.client, second)
+        paused = [(await schedule.describe()).schedule.state for schedule in schedules]
+    third = await start_emergency_stop(  # after it finished: a new run of the same steps
         engine.client, engine.settings, user_id=user_id, square_off=True, reason="market halt", requested_by="bob"
     )
     again = await wait_for_emergency_stop(engine.client, third)
 
-    assert first == second == third
+    assert first == second == third == f"emergency-stop:user:{user_id}"
+    assert all(state.paused and state.note == "emergency stop: market halt" for state in paused)
     [square_off] = report.squared_off
     assert square_off.outcome == Outcome.FILLED.value and square_off.filled_quantity == 3
     assert again.squared_off == [] and again.problems == []
@@ -132,6 +147,30 @@ async def test_pressing_it_twice_is_harmless_and_squares_off_once(engine: Engine
     assert len(sell_log) == 1 and sell_log[0].order_data["square_off"] is True
     order = await engine.store.get_order(sell_log[0].workflow_id)
     assert order.requested_by == "alice" and order.reason == "square-off: market halt"
+
+
+@asynccontextmanager
+async def strategy_schedules(engine: Engine, strategy_id: int) -> AsyncIterator[list[ScheduleHandle]]:
+    """The strategy's entry and exit schedules, as the scheduler names them; removed afterwards."""
+    handles = []
+    for leg in ("entry", "exit"):
+        handles.append(
+            await engine.client.create_schedule(
+                f"strategy:{strategy_id}:{leg}",
+                Schedule(
+                    action=ScheduleActionStartWorkflow(
+                        "OrderWorkflow", id=f"never-{uuid.uuid4()}", task_queue=engine.settings.task_queue
+                    ),
+                    spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=3650))]),
+                    state=ScheduleState(paused=False),
+                ),
+            )
+        )
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            await handle.delete()
 
 
 @pytest.mark.parametrize(

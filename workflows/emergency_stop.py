@@ -141,14 +141,20 @@ class AlertDeliveryWorkflow:
 
 @workflow.defn(name=EMERGENCY_STOP_WORKFLOW)
 class EmergencyStopWorkflow:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, request: EmergencyStopRequest) -> None:
         self._progress = StopProgress(stage="starting")
         self._stopped: StoppedStrategies | None = None
         self._refused: str | None = None
+        self._square_off = request.square_off
 
     @workflow.update
-    async def strategies_stopped(self) -> StopProgress:
-        """Answers once every strategy in scope is STOPPED (the rest goes on in the background)."""
+    async def strategies_stopped(self, request: EmergencyStopRequest | None = None) -> StopProgress:
+        """Answers once every strategy in scope is STOPPED (the rest goes on in the background).
+
+        A press that joins this stop and asks for a square-off adds it, if this one had none."""
+        if request is not None and request.square_off:
+            self._square_off = True
         await workflow.wait_condition(lambda: self._stopped is not None or self._refused is not None)
         if self._refused is not None:
             raise ApplicationError(self._refused, type="EmergencyStopRefused", non_retryable=True)
@@ -194,50 +200,59 @@ class EmergencyStopWorkflow:
         in_flight = [s.order_in_flight for s in stopped.strategies if s.order_in_flight is not None]
         progress.orders_cancelled = cancelled = await self._cancel_and_wait(in_flight, request.reason)
 
-        # 4. Square off open positions through ordinary order workflows (an audited exception).
-        progress.squared_off = squared_off = []
-        if request.square_off:
-            self._set_stage("squaring off open positions")
-            started = await workflow.execute_activity_method(
-                ControlActivities.square_off,
-                SquareOff(strategy_ids=stopped.strategy_ids, reason=request.reason, requested_by=request.requested_by),
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=STEP_RETRY,
-            )
-            progress.problems.extend(started.problems)
-            progress.squared_off = squared_off = await self._wait_for(started.orders)
-            progress.problems.extend(
-                f"square-off {end.workflow_id} ended {end.outcome or end.status}: {end.message or 'see the order'}"
-                for end in squared_off
-                if end.outcome != "FILLED"
-            )
+        progress.squared_off = squared_off = list[OrderEnd]()
+        squared = False
+        while True:
+            # 4. Square off open positions through ordinary order workflows (an audited exception).
+            if self._square_off and not squared:
+                squared = True
+                squared_off.extend(await self._square_off_positions(stopped, request))
 
-        # 5. Tell a person.
-        self._set_stage("alerting")
-        report = EmergencyStopReport(
-            workflow_id=workflow.info().workflow_id,
-            scope=request.scope,
-            reason=request.reason,
-            requested_by=request.requested_by,
-            strategies_stopped=stopped.strategy_ids,
-            stopped_at=stopped_at,
-            schedules_paused=paused,
-            orders_cancelled=cancelled,
-            squared_off=squared_off,
-            problems=list(progress.problems),
-        )
-        await raise_alert(
-            Alert(
-                level=AlertLevel.CRITICAL,
-                title=f"emergency stop of {request.scope}",
-                message=_summary(report),
-                user_id=request.user_id,
-                workflow_id=report.workflow_id,
-                created_at=workflow.now(),
+            # 5. Tell a person.
+            self._set_stage("alerting")
+            report = EmergencyStopReport(
+                workflow_id=workflow.info().workflow_id,
+                scope=request.scope,
+                reason=request.reason,
+                requested_by=request.requested_by,
+                strategies_stopped=stopped.strategy_ids,
+                stopped_at=stopped_at,
+                schedules_paused=paused,
+                orders_cancelled=cancelled,
+                squared_off=squared_off,
+                problems=list(progress.problems),
             )
-        )
+            await raise_alert(
+                Alert(
+                    level=AlertLevel.CRITICAL,
+                    title=f"emergency stop of {request.scope}",
+                    message=_summary(report),
+                    user_id=request.user_id,
+                    workflow_id=report.workflow_id,
+                    created_at=workflow.now(),
+                )
+            )
+            if not self._square_off or squared:  # a square-off asked for meanwhile goes round once more
+                break
         self._set_stage("done")
         return report
+
+    async def _square_off_positions(self, stopped: StoppedStrategies, request: EmergencyStopRequest) -> list[OrderEnd]:
+        self._set_stage("squaring off open positions")
+        started = await workflow.execute_activity_method(
+            ControlActivities.square_off,
+            SquareOff(strategy_ids=stopped.strategy_ids, reason=request.reason, requested_by=request.requested_by),
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=STEP_RETRY,
+        )
+        self._progress.problems.extend(started.problems)
+        ended = await self._wait_for(started.orders)
+        self._progress.problems.extend(
+            f"square-off {end.workflow_id} ended {end.outcome or end.status}: {end.message or 'see the order'}"
+            for end in ended
+            if end.outcome != "FILLED"
+        )
+        return ended
 
     async def _cancel_and_wait(self, orders: list[OrderRun], reason: str) -> list[OrderEnd]:
         if not orders:
