@@ -52,7 +52,7 @@ class WebhookRecorder:
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with recorder._lock:
                     status = 500 if len(recorder.posts) < recorder.failures else 200
