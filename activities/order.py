@@ -156,47 +156,47 @@ class OrderActivities:
     @activity.defn(name="begin_order")
     async def begin_order(self, request: BeginOrder) -> OrderTicket:
         intent = request.intent
-        try:
-            strategy = await self.store.get_strategy(intent.strategy_id)
-        except StrategyNotFound as missing:
-            raise ApplicationError(str(missing), type=errors.VALIDATION_FAILED, non_retryable=True) from None
-        quantity = strategy.quantity if intent.order_type is OrderType.BUY else strategy.open_quantity
-        new_order = NewOrder(
-            workflow_id=request.order_key,
-            strategy_id=strategy.id,
-            user_id=intent.user_id,
-            order_type=intent.order_type.value,
-            transaction_type=intent.order_type.transaction_type,
-            quantity=quantity,
-            symbol=strategy.symbol,
-            exchange=strategy.exchange,
-            tag=request.tag,
-            trigger_price=intent.trigger_price,
-            requested_by=intent.requested_by,
-            reason=intent.reason,
-            order_data={
-                "workflow_id": request.workflow_id,
-                "run_id": request.run_id,
-                "product": strategy.product,
-                "order_type": "MARKET",
-                "quantity": quantity,
-                "trigger_price": str(intent.trigger_price) if intent.trigger_price is not None else None,
-                "square_off": intent.square_off,
-            },
-        )
+        seen: list[StrategyRecord] = []
+
+        def quantity_of(strategy: StrategyRecord) -> int:
+            return strategy.quantity if intent.order_type is OrderType.BUY else strategy.open_quantity
 
         def validate(locked: StrategyRecord) -> None:
-            locked_quantity = locked.quantity if intent.order_type is OrderType.BUY else locked.open_quantity
-            if locked_quantity != quantity:
-                raise errors.ValidationFailed(
-                    f"strategy {locked.id} changed while the order was prepared: try again"
-                )
-            self.validate(intent.order_type, intent.user_id, locked, quantity, _now(), square_off=intent.square_off)
+            self.validate(
+                intent.order_type, intent.user_id, locked, quantity_of(locked), _now(), square_off=intent.square_off
+            )
+
+        def build(locked: StrategyRecord) -> NewOrder:
+            seen.append(locked)
+            quantity = quantity_of(locked)
+            return NewOrder(
+                workflow_id=request.order_key,
+                strategy_id=locked.id,
+                user_id=intent.user_id,
+                order_type=intent.order_type.value,
+                transaction_type=intent.order_type.transaction_type,
+                quantity=quantity,
+                symbol=locked.symbol,
+                exchange=locked.exchange,
+                tag=request.tag,
+                trigger_price=intent.trigger_price,
+                requested_by=intent.requested_by,
+                reason=intent.reason,
+                order_data={
+                    "workflow_id": request.workflow_id,
+                    "run_id": request.run_id,
+                    "product": locked.product,
+                    "order_type": "MARKET",
+                    "quantity": quantity,
+                    "trigger_price": str(intent.trigger_price) if intent.trigger_price is not None else None,
+                    "square_off": intent.square_off,
+                },
+            )
 
         try:
-            validate(strategy)  # on the snapshot first: a refusal needs no lock
-            await self.store.begin_order(new_order, validate)
-        except errors.ValidationFailed as refused:
+            order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
+            strategy = seen[0] if seen else await self.store.get_strategy(intent.strategy_id)  # a replay
+        except (errors.ValidationFailed, StrategyNotFound) as refused:
             raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None
         except OrderInFlight as busy:
             raise ApplicationError(str(busy), type=errors.ORDER_IN_FLIGHT, non_retryable=True) from None
@@ -206,14 +206,14 @@ class OrderActivities:
             raise ApplicationError(str(failed), type=errors.VALIDATION_FAILED, non_retryable=True) from None
         return OrderTicket(
             order_key=request.order_key,
-            strategy_id=strategy.id,
+            strategy_id=order.strategy_id,
             broker_account_id=strategy.broker_account_id,
-            symbol=strategy.symbol,
-            exchange=strategy.exchange,
-            transaction_type=intent.order_type.transaction_type,
-            quantity=quantity,
+            symbol=order.symbol,
+            exchange=order.exchange,
+            transaction_type=order.transaction_type,
+            quantity=order.quantity,
             product=strategy.product,
-            tag=request.tag,
+            tag=order.tag,
             policy=OrderPolicy(
                 timeout_seconds=self.settings.order_timeout_seconds,
                 retry_attempts=self.settings.order_retry_attempts,

@@ -145,22 +145,38 @@ class OrdersMixin(StoreBase):
         unchanged and `validate` is not called.
         """
         new = _checked_new_order(new)
+        return await self.begin_order_for(new.strategy_id, new.workflow_id, lambda _: new, validate)
+
+    async def begin_order_for(
+        self,
+        strategy_id: int,
+        workflow_id: str,
+        build: Callable[[StrategyRecord], NewOrder],
+        validate: Callable[[StrategyRecord], None],
+    ) -> OrderRecord:
+        """`begin_order` with the order built from the locked strategy: one read fewer on the order path.
+        A replay finds its order and returns it; `build` and `validate` run only for a new one."""
+        workflow_id = _workflow_id(workflow_id)
         now = utc_now()
-        attempted_at = new.attempted_at or now
         try:
             async with self._write() as session:
-                strategy = await self._strategy_row(session, new.strategy_id, lock=True)
-                existing = await session.scalar(select(Order).where(Order.workflow_id == new.workflow_id))
+                strategy = await self._strategy_row(session, strategy_id, lock=True)
+                existing = await session.scalar(select(Order).where(Order.workflow_id == workflow_id))
                 if existing is not None:
                     if existing.strategy_id != strategy.id:
                         raise InvalidInput(
-                            f"workflow {new.workflow_id!r} already holds an order of strategy "
+                            f"workflow {workflow_id!r} already holds an order of strategy "
                             f"{existing.strategy_id}, not {strategy.id}"
                         )
                     return to_record(OrderRecord, existing)
+                validate(strategy_record(strategy))
+                new = _checked_new_order(build(strategy_record(strategy)))
+                if (new.strategy_id, new.workflow_id) != (strategy.id, workflow_id):
+                    raise InvalidInput(f"order {new.workflow_id!r} of strategy {new.strategy_id} built for "
+                                       f"{workflow_id!r} of strategy {strategy.id}")
+                attempted_at = new.attempted_at or now
                 if strategy.user_id != new.user_id:
                     raise InvalidInput(f"strategy {strategy.id} belongs to user {strategy.user_id}, not {new.user_id}")
-                validate(strategy_record(strategy))
                 if strategy.active_order_workflow_id not in (None, new.workflow_id):
                     raise OrderInFlight(strategy.id, strategy.active_order_workflow_id)
 
@@ -228,7 +244,7 @@ class OrdersMixin(StoreBase):
                 await session.flush()
                 return to_record(OrderRecord, order)
         except IntegrityError as exc:
-            raise InvalidInput(f"workflow {new.workflow_id!r} already holds an order of another strategy") from exc
+            raise InvalidInput(f"workflow {workflow_id!r} already holds an order of another strategy") from exc
 
     async def set_placement_started(self, workflow_id: str, sent_at: datetime | None) -> None:
         """Note that a placement request left for the broker at `sent_at`, or (None) that the last one
