@@ -56,7 +56,6 @@ class WorkerParts:
             orders.cancel_at_broker,
             orders.finish_order,
             alerts.log_alert,
-            alerts.post_alert_webhook,
             control.stop_strategies,
             control.pause_schedules,
             control.cancel_orders,
@@ -88,7 +87,7 @@ def build_worker(
             # Kite's per-account order limit, kept across every worker sharing this database.
             StorePacer(store, settings.broker_orders_per_second, request_seconds=settings.broker_http_timeout_seconds),
         ),
-        alert_activities=AlertActivities(settings.alert_webhook_url),
+        alert_activities=AlertActivities(has_other_sinks=bool(alert_sinks_from_settings(settings))),
         control_activities=ControlActivities(store, client, settings),
         alert_delivery=AlertDeliveryActivities(alert_sinks_from_settings(settings)),
         scheduled=ScheduledOrderActivities(OrderStarter(client, store, settings)),

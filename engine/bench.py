@@ -270,9 +270,10 @@ async def main() -> dict[str, Any]:
         paper.wait(10)
         await drop_database(pg_name)
 
-    results = {
-        "sl_trigger_to_broker_ms": summary(engine_ms),
-        "direct_call_ms": summary(direct_ms),
+    latency, direct = summary(engine_ms), summary(direct_ms)
+    results: dict[str, Any] = {
+        "sl_trigger_to_broker_ms": latency,
+        "direct_call_ms": direct,
         "orders_per_second": round(engine_rate, 1),
         "direct_orders_per_second": round(direct_rate, 1),
         "worker_rss_mb": round(peak_mb, 1),
@@ -282,10 +283,9 @@ async def main() -> dict[str, Any]:
     }
     print()
     print(f"{'':34}{'engine':>12}{'baseline':>12}")
-    print(f"{'SL trigger -> broker p50 (ms)':34}{results['sl_trigger_to_broker_ms']['p50']:>12}"
-          f"{results['direct_call_ms']['p50']:>12}   (baseline: direct adapter call)")
-    print(f"{'SL trigger -> broker p99 (ms)':34}{results['sl_trigger_to_broker_ms']['p99']:>12}"
-          f"{results['direct_call_ms']['p99']:>12}")
+    print(f"{'SL trigger -> broker p50 (ms)':34}{latency['p50']:>12}{direct['p50']:>12}"
+          "   (baseline: direct adapter call)")
+    print(f"{'SL trigger -> broker p99 (ms)':34}{latency['p99']:>12}{direct['p99']:>12}")
     print(f"{'orders per second':34}{results['orders_per_second']:>12}{results['direct_orders_per_second']:>12}"
           "   (baseline: direct placements, no follow)")
     print(f"{'worker RSS (MB)':34}{results['worker_rss_mb']:>12}{results['worker_idle_rss_mb']:>12}"

@@ -29,7 +29,7 @@ from engine.settings import DATA_DIR, Settings
 from engine.temporal import connect
 from starter.market_data import StopLossListener
 from starter.orders import OrderStarter
-from store import Store
+from store import HistoryQuery, Store
 from store.records import StrategySpec
 from worker import build_worker
 
@@ -178,8 +178,9 @@ async def scenario(
         await watching
         say("3. the listener triggered SL_SELL through place_sl_sell_order")
         current = await store.get_strategy(strategy.id)
-        exit_handle = starter.client.get_workflow_handle(f"order:{strategy.id}:{current.position_cycle - 1}:exit")
-        sl_result = await exit_handle.result(type_hint=OrderResult)
+        exit_workflow_id = (current.last_order_workflow_id or "").split("/")[0]
+        exit_handle = starter.client.get_workflow_handle(exit_workflow_id, result_type=OrderResult)
+        sl_result = await exit_handle.result()
         show_result("SL_SELL", sl_result)
         check(sl_result.order_type.value == "SL_SELL", "the exit was a stop-loss order")
         check(sl_result.filled_quantity == QUANTITY, "sold all 10")
@@ -196,10 +197,9 @@ async def scenario(
         check(final.exit_reason == "STOP_LOSS" and final.sl_triggered, "exit reason STOP_LOSS")
         sent = [o for o in paper.control.orders() if o.get("api_key") == api_key]
         check(len(sent) == 2, f"the broker received exactly 2 orders ({len(sent)})")
-        history = await store.order_history_for_strategy(strategy.id) if hasattr(
-            store, "order_history_for_strategy") else None
-        if history is not None:
-            say(f"   audit rows: {len(history)}")
+        audit = (await store.order_history(HistoryQuery(strategy_id=strategy.id))).items
+        say(f"   audit trail: {', '.join(f'{row.order_type} {row.status}' for row in reversed(audit))}")
+        check([row.status for row in audit] == ["SUCCESS", "SUCCESS"], "both orders audited SUCCESS")
         return True
     except DemoFailed as failed:
         say(f"The demo failed: {failed}")

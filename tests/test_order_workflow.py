@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from engine.errors import DuplicateOrderError
@@ -27,7 +27,7 @@ def broker_orders(engine: Engine, api_key: str = "acct1") -> list[dict]:
     ]
 
 
-async def failure_of(handle) -> ApplicationError:  # type: ignore[no-untyped-def]
+async def failure_of(handle: WorkflowHandle) -> ApplicationError:
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
     cause = failed.value.cause

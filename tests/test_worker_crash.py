@@ -14,14 +14,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 
 from brokers.paper.testing import PaperBrokerServer
 from engine.devserver import DevServer
 from engine.models import Outcome
+from store import Store
 from tests.fixtures.temporal import Engine, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +47,7 @@ def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait(10)
 
 
-async def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], list[dict]], timeout: float, what: str) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -57,8 +59,8 @@ async def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-unt
 
 async def test_worker_killed_after_the_broker_accepted_places_once(
     temporal_server: DevServer,
-    temporal_client,  # type: ignore[no-untyped-def]
-    engine_store,  # type: ignore[no-untyped-def]
+    temporal_client: Client,
+    engine_store: Store,
     engine_db_url: str,
     engine_secret_key: str,
     paper: PaperBrokerServer,
@@ -111,7 +113,7 @@ async def run_crash_scenario(
     await wait_for(created, 30, "the broker to accept the order")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    assert (await engine.store.get_order(handle.id + "/" + handle.result_run_id)).broker_order_id is None
+    assert (await engine.store.get_order(f"{handle.id}/{handle.result_run_id}")).broker_order_id is None
 
     second = start_worker(env, log)
     workers.append(second)

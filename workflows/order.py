@@ -12,6 +12,7 @@ its workflow id then refuses every repeat.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -212,7 +213,9 @@ class OrderWorkflow:
                 start_to_close_timeout=timedelta(seconds=policy.timeout_seconds) + CANCEL_GRACE * 2,
                 heartbeat_timeout=timedelta(seconds=max(10.0, policy.poll_interval_seconds * 20)),
                 retry_policy=BROKER_CALL_RETRY,
-                cancellation_type=self._follow_cancellation(),
+                # The follower hears of a cancel only at its next (throttled) heartbeat: the broker's cancel
+                # must not wait for that. A stale follower's late updates never win (`supersedes`).
+                cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             )
             await workflow.wait_condition(
                 lambda: follow.done() or (self._cancel_requested and not cancel_sent)  # noqa: B023
@@ -223,7 +226,8 @@ class OrderWorkflow:
                 result: FollowResult | None = await follow
             except ActivityError as failed:
                 if not isinstance(failed.cause, CancelledError):
-                    self._lost_track = _cause(failed).message if _cause(failed) else str(failed)
+                    cause = _cause(failed)
+                    self._lost_track = cause.message if cause is not None else str(failed)
                     return self._state or self._unknown_state(ticket, broker_order_id), timed_out
                 result = None  # cancelled to send the cancel; the next follow picks up from _state
             if result is not None:
@@ -246,18 +250,10 @@ class OrderWorkflow:
                 cancel_sent = True
                 deadline = workflow.now() + CANCEL_GRACE
 
-    @staticmethod
-    def _follow_cancellation() -> workflow.ActivityCancellationType:
-        """The follower learns of a cancel only at its next (throttled) heartbeat, seconds later: the
-        broker's cancel must not wait for that. A stale follower's updates never win (`supersedes`)."""
-        if workflow.patched("cancel-without-waiting-for-follower"):
-            return workflow.ActivityCancellationType.TRY_CANCEL
-        return workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED  # runs started before
-
     def _unknown_state(self, ticket: OrderTicket, broker_order_id: str) -> BrokerOrderState:
         return BrokerOrderState(
             order_id=broker_order_id, status="UNKNOWN", quantity=ticket.quantity, filled_quantity=0,
-            pending_quantity=ticket.quantity, average_price=0,
+            pending_quantity=ticket.quantity, average_price=Decimal(0),
         )
 
     async def _end_placed(
@@ -336,21 +332,11 @@ class OrderWorkflow:
             level=level, title=title, message=message, strategy_id=intent.strategy_id,
             user_id=intent.user_id, workflow_id=workflow.info().workflow_id, created_at=workflow.now(),
         )
-        has_webhook = await workflow.execute_local_activity_method(
+        has_sinks = await workflow.execute_local_activity_method(
             AlertActivities.log_alert, alert, start_to_close_timeout=timedelta(seconds=5)
         )
-        if not has_webhook:
-            return
-        if workflow.patched("alert-delivery-outlives-the-order"):
+        if has_sinks:
             await deliver_alert_later(alert)  # a failing webhook must not hold the order's end back
-            return
-        await workflow.execute_activity_method(  # runs started before
-            AlertActivities.post_alert_webhook,
-            alert,
-            start_to_close_timeout=timedelta(seconds=10),
-            schedule_to_close_timeout=timedelta(minutes=10),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
-        )
 
     def _result_of(
         self,
