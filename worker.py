@@ -23,7 +23,9 @@ from activities.order import BrokerFactory, OrderActivities
 from activities.rate_limit import StorePacer
 from brokers.factory import KiteBrokerFactory
 from engine.events import EventBus
+from engine.logs import configure_logging
 from engine.market_hours import MarketCalendar, parse_holidays
+from engine.metrics import worker_telemetry
 from engine.settings import Settings
 from engine.temporal import connect
 from starter.orders import OrderStarter
@@ -112,13 +114,14 @@ def build_worker(
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    telemetry = worker_telemetry(settings)  # the runtime comes before the client that uses it
     store = await Store.connect(
         settings.database_url, settings.engine_secret_key, pool_size=settings.database_pool_size
     )
-    client = await connect()
-    worker, _ = build_worker(client, store, settings)
+    client = await connect(runtime=telemetry.runtime)
+    worker, _ = build_worker(client, store, settings, interceptors=telemetry.interceptors)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -127,6 +130,7 @@ async def main() -> None:
     async with worker:
         await stop.wait()
     await store.close()
+    telemetry.close()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -50,8 +51,11 @@ def connect_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return config
 
 
-async def connect(address: str | None = None, environ: Mapping[str, str] | None = None) -> Client:
+async def connect(
+    address: str | None = None, environ: Mapping[str, str] | None = None, *, runtime: Runtime | None = None
+) -> Client:
+    """`runtime`: one made before the client, e.g. to serve the SDK's metrics (`engine.metrics`)."""
     config = connect_config(environ)
     if address:
         config["target_host"] = address
-    return await Client.connect(data_converter=data_converter(environ), **config)
+    return await Client.connect(data_converter=data_converter(environ), runtime=runtime, **config)
