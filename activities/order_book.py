@@ -17,6 +17,11 @@ from brokers.errors import BrokerError
 log = logging.getLogger(__name__)
 
 
+# A book that stopped changing is polled ever less often, up to this; a new order resets the pace.
+MAX_INTERVAL_SECONDS = 2.0
+BACKOFF = 1.5
+
+
 @dataclass
 class _AccountBook:
     broker: Broker
@@ -26,11 +31,17 @@ class _AccountBook:
     last_error: BrokerError | None = None
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     poller: asyncio.Task[None] | None = None
+    newcomer: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _progress(orders: dict[str, BrokerOrder]) -> dict[str, tuple[str, int]]:
+    return {order_id: (order.status, order.filled_quantity) for order_id, order in orders.items()}
 
 
 class OrderBookWatcher:
-    def __init__(self, interval_seconds: float):
+    def __init__(self, interval_seconds: float, max_interval_seconds: float = MAX_INTERVAL_SECONDS):
         self.interval = interval_seconds
+        self.max_interval = max(max_interval_seconds, interval_seconds)
         self._books: dict[str, _AccountBook] = {}
 
     async def next_snapshot(
@@ -45,6 +56,8 @@ class OrderBookWatcher:
             book = self._books[account] = _AccountBook(broker=broker)
         book.broker = broker  # a fresher session replaces an expired one
         book.followers += 1
+        if seen_version == 0:
+            book.newcomer.set()  # a new order: poll at the quick pace again
         try:
             if book.poller is None or book.poller.done():
                 book.poller = asyncio.create_task(self._poll(account, book))
@@ -62,7 +75,12 @@ class OrderBookWatcher:
             book.followers -= 1
 
     async def _poll(self, account: str, book: _AccountBook) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.interval
         while book.followers > 0:
+            polled_at = loop.time()
+            book.newcomer.clear()
+            before = _progress(book.orders)
             try:
                 orders = await book.broker.orders()
                 book.orders = {order.order_id: order for order in orders}
@@ -73,5 +91,13 @@ class OrderBookWatcher:
             async with book.changed:
                 book.version += 1
                 book.changed.notify_all()
-            await asyncio.sleep(self.interval)
+            moved = _progress(book.orders) != before
+            delay = self.interval if moved or book.newcomer.is_set() else min(delay * BACKOFF, self.max_interval)
+            try:
+                await asyncio.wait_for(book.newcomer.wait(), delay)
+                delay = self.interval
+                # Never faster than the base pace: Kite's read endpoints allow ~10 requests/s an account.
+                await asyncio.sleep(max(0.0, polled_at + self.interval - loop.time()))
+            except TimeoutError:
+                pass
         book.poller = None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from brokers.base import Broker
 from brokers.kite import KiteBroker
 from engine.settings import Settings
+
+# Threads for the synchronous kiteconnect client, shared by every account of one worker.
+SHARED_THREADS = 32
 
 
 class BrokerFactory(Protocol):
@@ -29,6 +33,7 @@ class KiteBrokerFactory:
         self._timeout = settings.broker_http_timeout_seconds
         self._orders_per_second = settings.broker_orders_per_second
         self._brokers: dict[str, tuple[str, KiteBroker]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=SHARED_THREADS, thread_name_prefix="kite")
         # Sync activities may call from several threads.
         self._lock = threading.Lock()
 
@@ -47,6 +52,7 @@ class KiteBrokerFactory:
                 root=self._root,
                 timeout=self._timeout,
                 orders_per_second=self._orders_per_second,
+                executor=self._executor,
             )
             self._brokers[api_key] = (token_hash, broker)
             return broker
@@ -58,3 +64,4 @@ class KiteBrokerFactory:
             self._brokers.clear()
         for broker in brokers:
             broker.close()
+        self._executor.shutdown(wait=False)

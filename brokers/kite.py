@@ -166,6 +166,7 @@ class KiteBroker:
         timeout: float = 7.0,
         orders_per_second: int | None = None,
         client: KiteClient | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ):
         if not api_key:
             raise BrokerConfigurationError("api_key is empty: pass the Kite app's api_key")
@@ -179,7 +180,9 @@ class KiteBroker:
         self._access_token = access_token
         self._pacer = OrderPacer(orders_per_second) if orders_per_second else None
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="kite")
+        # A factory shares one pool among its brokers: hundreds of accounts must not mean thousands of threads.
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="kite")
         # The error_type of the last error answer on each thread; the 5.2.2 client drops unknown ones.
         self._last_answer = threading.local()
         self._client: KiteClient = client if client is not None else self._build_client()
@@ -190,7 +193,8 @@ class KiteBroker:
     def close(self) -> None:
         """Let running calls finish, refuse new ones, and release the HTTP connections."""
         self._closed = True
-        self._executor.shutdown(wait=False)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
         session = getattr(self._client, "reqsession", None)
         if isinstance(session, requests.Session):
             session.close()

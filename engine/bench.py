@@ -205,9 +205,9 @@ async def bench_memory(stack: Stack) -> tuple[float, float]:
         peak = rss_mb(worker.pid)
         return idle, peak
     finally:
-        stack.control.set_fill(fill_ratio="1")
-        worker.terminate()
+        worker.kill()  # measured; a graceful stop would wait for a thousand followers
         worker.wait(20)
+        stack.control.set_fill(fill_ratio="1")
 
 
 async def make_database() -> tuple[str, str | None]:
@@ -259,8 +259,11 @@ async def main() -> dict[str, Any]:
         async with worker:
             print(f"latency: {LATENCY_SAMPLES} stop-loss triggers, one at a time ...", flush=True)
             engine_ms, direct_ms = await bench_latency(stack, starter)
+            print(f"   engine p50 {percentile(engine_ms, 0.5):.1f} ms, direct p50 {percentile(direct_ms, 0.5):.1f} ms",
+                  flush=True)
             print(f"throughput: {THROUGHPUT_ORDERS} BUYs across {THROUGHPUT_ACCOUNTS} accounts ...", flush=True)
             engine_rate, direct_rate = await bench_throughput(stack, starter)
+            print(f"   engine {engine_rate:.1f} orders/s, direct {direct_rate:.1f} placements/s", flush=True)
         print(f"memory: a worker process with {IN_FLIGHT} orders in flight ...", flush=True)
         idle_mb, peak_mb = await bench_memory(stack)
     finally:
