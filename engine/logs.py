@@ -215,10 +215,8 @@ class LogContextInterceptor(Interceptor):
 
 class _LogContextActivityInbound(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        context = order_context_of(input.args[0]) if input.args else OrderContext()
-        token = _order_context.set(context)
-        try:
-            return await self.next.execute_activity(input)
-        finally:
-            _order_context.reset(token)
+        # Not reset afterwards: the SDK logs the attempt's outcome later in this same task, which ends
+        # with the attempt.
+        _order_context.set(order_context_of(input.args[0]) if input.args else OrderContext())
+        return await self.next.execute_activity(input)
 
