@@ -189,24 +189,27 @@ class _MetricsActivityInbound(ActivityInboundInterceptor):
             log.exception("recording metrics failed")
 
 
+class MetricsEndpointError(RuntimeError):
+    """A metrics endpoint could not listen. Not retryable as is: free the port, pick another
+    (`METRICS_PORT`, `TEMPORAL_METRICS_PORT`) or set it to 0 to turn that endpoint off."""
+
+
 def temporal_runtime(prometheus_address: str | None) -> Runtime:
     """A Temporal runtime serving the SDK's metrics for Prometheus at `host:port` (None: no metrics),
     its core's log lines forwarded to Python logging (logger `temporalio.core`), so one format holds.
 
     Create it before the client, and connect the client with it (`engine.temporal.connect(runtime=…)`)."""
-    return Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=prometheus_address) if prometheus_address else None,
-            logging=LoggingConfig(
-                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
-            ),
-        )
+    telemetry = TelemetryConfig(
+        metrics=PrometheusConfig(bind_address=prometheus_address) if prometheus_address else None,
+        logging=LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+        ),
     )
-
-
-class MetricsEndpointError(RuntimeError):
-    """A metrics endpoint could not listen: pick another port (or 0 to turn it off)."""
+    try:
+        return Runtime(telemetry=telemetry)
+    except ValueError as error:  # the core's exporter could not bind
+        raise MetricsEndpointError(f"cannot serve Temporal SDK metrics on {prometheus_address}: {error}") from None
 
 
 @dataclass

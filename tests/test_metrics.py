@@ -3,6 +3,7 @@ both endpoints (the engine's and the Temporal SDK's) are scraped over HTTP."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,14 +14,24 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import MetricMeter
 
 from brokers.factory import KiteBrokerFactory
 from brokers.paper.testing import PaperBrokerServer
 from engine.devserver import DevServer
 from engine.ids import OrderType
 from engine.logs import LogContextInterceptor
-from engine.metrics import EngineMetrics, MetricsEndpoint, MetricsInterceptor, serve_metrics, temporal_runtime
+from engine.metrics import (
+    EngineMetrics,
+    MetricsEndpoint,
+    MetricsEndpointError,
+    MetricsInterceptor,
+    serve_metrics,
+    temporal_runtime,
+    worker_telemetry,
+)
 from engine.models import OrderIntent, Outcome
+from engine.settings import Settings
 from engine.temporal import connect
 from store import Store
 from tests.fixtures.ports import free_port
@@ -151,3 +162,33 @@ async def test_orders_move_the_engine_and_sdk_metrics(observed: Observed) -> Non
     followed = value(sdk, "temporal_activity_execution_latency_count", task_queue=queue, activity_type="follow_order")
     assert followed == 3  # every order the broker accepted
     assert value(sdk, "temporal_local_activity_total", task_queue=queue, activity_type="begin_order") == 4
+
+
+async def test_worker_telemetry_serves_what_the_settings_ask_for() -> None:
+    engine_port, sdk_port = free_port(), free_port()
+    telemetry = worker_telemetry(
+        Settings(metrics_host="127.0.0.1", metrics_port=engine_port, temporal_metrics_port=sdk_port)
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            engine_page = await http.get(f"http://127.0.0.1:{engine_port}/metrics")
+            sdk_page = await http.get(f"http://127.0.0.1:{sdk_port}/metrics")
+    finally:
+        telemetry.close()
+    off = worker_telemetry(Settings(metrics_port=0, temporal_metrics_port=0))
+
+    assert engine_page.status_code == 200 and "# TYPE engine_orders_total counter" in engine_page.text
+    assert sdk_page.status_code == 200
+    assert [type(i) for i in telemetry.interceptors] == [LogContextInterceptor, MetricsInterceptor]
+    assert off.endpoint is None and off.runtime.metric_meter is MetricMeter.noop
+
+
+def test_a_busy_port_is_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(MetricsEndpointError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            serve_metrics(EngineMetrics().registry, "127.0.0.1", port)
+        with pytest.raises(MetricsEndpointError, match=f"Temporal SDK metrics on 127.0.0.1:{port}"):
+            temporal_runtime(f"127.0.0.1:{port}")
