@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 import httpx
@@ -22,20 +22,13 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.common import (
-    Priority,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.ids import OrderType, order_workflow_id
 from engine.models import Alert, OrderIntent, OrderResult
+from engine.order_start import order_start_options
 from engine.settings import Settings
-from engine.temporal import ORDER_STATUS, ORDER_TYPE, STRATEGY_ID, SYMBOL, USER_ID
 from store import Store
 from store.errors import StoreError
 
@@ -276,24 +269,14 @@ class ControlActivities:
                     "OrderWorkflow",
                     intent,
                     id=workflow_id,
-                    task_queue=self.settings.task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                    task_timeout=timedelta(seconds=max(10.0, self.settings.broker_http_timeout_seconds + 3)),
-                    search_attributes=TypedSearchAttributes(
-                        [
-                            SearchAttributePair(STRATEGY_ID, str(strategy.id)),
-                            SearchAttributePair(USER_ID, str(strategy.user_id)),
-                            SearchAttributePair(ORDER_TYPE, OrderType.SELL.value),
-                            SearchAttributePair(SYMBOL, strategy.symbol),
-                            SearchAttributePair(ORDER_STATUS, "STARTED"),
-                        ]
-                    ),
-                    static_summary=f"SQUARE-OFF SELL {strategy.open_quantity} {strategy.symbol} "
-                    f"for strategy {strategy.id} ({strategy.name})",
-                    static_details=f"emergency stop by {request.requested_by}: {request.reason}",
-                    priority=Priority(
-                        priority_key=SQUARE_OFF_PRIORITY, fairness_key=f"account-{strategy.broker_account_id}"
+                    **order_start_options(
+                        self.settings,
+                        strategy,
+                        OrderType.SELL,
+                        priority_key=SQUARE_OFF_PRIORITY,
+                        summary=f"SQUARE-OFF SELL {strategy.open_quantity} {strategy.symbol} "
+                        f"for strategy {strategy.id} ({strategy.name})",
+                        details=f"emergency stop by {request.requested_by}: {request.reason}",
                     ),
                 )
                 started.append(OrderRun(workflow_id=handle.id, run_id=handle.result_run_id))

@@ -8,24 +8,16 @@ of the same id while one runs, and after one that succeeded: a repeated trigger 
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import (
-    Priority,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from engine.errors import DuplicateOrderError
 from engine.ids import OrderType, order_workflow_id
 from engine.models import OrderIntent, OrderResult
+from engine.order_start import order_start_options
 from engine.settings import Settings
-from engine.temporal import ORDER_STATUS, ORDER_TYPE, STRATEGY_ID, SYMBOL, USER_ID
 from store import Store
 from store.records import StrategyRecord
 from workflows.order import OrderWorkflow
@@ -104,27 +96,15 @@ class OrderStarter:
                 OrderWorkflow.run,
                 intent,
                 id=workflow_id,
-                task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                # A replay after a crash re-runs the placement; the task timeout outlasts a broker request.
-                task_timeout=timedelta(seconds=max(10.0, self.settings.broker_http_timeout_seconds + 3)),
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(STRATEGY_ID, str(record.id)),
-                        SearchAttributePair(USER_ID, str(record.user_id)),
-                        SearchAttributePair(ORDER_TYPE, order_type.value),
-                        SearchAttributePair(SYMBOL, record.symbol),
-                        SearchAttributePair(ORDER_STATUS, "STARTED"),
-                    ]
-                ),
-                static_summary=f"{order_type} {quantity} {record.symbol} for strategy {record.id} ({record.name})",
-                static_details=f"requested by {requested_by}" + (f": {reason}" if reason else ""),
-                priority=Priority(
-                    priority_key=STOP_LOSS_PRIORITY if order_type is OrderType.SL_SELL else ROUTINE_PRIORITY,
-                    fairness_key=f"account-{record.broker_account_id}",
-                ),
                 request_eager_start=True,
+                **order_start_options(
+                    self.settings,
+                    record,
+                    order_type,
+                    priority_key=STOP_LOSS_PRIORITY if order_type is OrderType.SL_SELL else ROUTINE_PRIORITY,
+                    summary=f"{order_type} {quantity} {record.symbol} for strategy {record.id} ({record.name})",
+                    details=f"requested by {requested_by}" + (f": {reason}" if reason else ""),
+                ),
             )
         except WorkflowAlreadyStartedError:
             existing = self.client.get_workflow_handle(workflow_id)
