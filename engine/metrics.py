@@ -190,8 +190,7 @@ class _MetricsActivityInbound(ActivityInboundInterceptor):
 
 
 class MetricsEndpointError(RuntimeError):
-    """A metrics endpoint could not listen. Not retryable as is: free the port, pick another
-    (`METRICS_PORT`, `TEMPORAL_METRICS_PORT`) or set it to 0 to turn that endpoint off."""
+    """A metrics endpoint could not listen. Not retryable as is: free the port or pick another."""
 
 
 def temporal_runtime(prometheus_address: str | None) -> Runtime:
@@ -254,15 +253,26 @@ class WorkerTelemetry:
 
 
 def worker_telemetry(settings: Settings) -> WorkerTelemetry:
-    """Start the worker's metrics endpoints as the settings say (a port of 0 turns one off)."""
+    """Start the worker's metrics endpoints as the settings say (a port of 0 turns one off).
+
+    A busy port is logged as an error and that endpoint left out: the worker still runs orders (a
+    second worker on the same host needs ports of its own to be scraped)."""
     host = settings.metrics_host
-    temporal_address = f"{host}:{settings.temporal_metrics_port}" if settings.temporal_metrics_port else None
-    runtime = temporal_runtime(temporal_address)
+    runtime: Runtime | None = None
+    if settings.temporal_metrics_port:
+        address = f"{host}:{settings.temporal_metrics_port}"
+        try:
+            runtime = temporal_runtime(address)
+            log.info("Temporal SDK metrics on http://%s/metrics", address)
+        except MetricsEndpointError as busy:
+            log.error("%s; running without them: set TEMPORAL_METRICS_PORT to a free port, or 0", busy)
     metrics = EngineMetrics()
-    endpoint = serve_metrics(metrics.registry, host, settings.metrics_port) if settings.metrics_port else None
-    if endpoint is not None:
-        log.info("engine metrics on http://%s:%d/metrics", settings.metrics_host, endpoint.port)
-    if temporal_address:
-        log.info("Temporal SDK metrics on http://%s/metrics", temporal_address)
+    endpoint: MetricsEndpoint | None = None
+    if settings.metrics_port:
+        try:
+            endpoint = serve_metrics(metrics.registry, host, settings.metrics_port)
+            log.info("engine metrics on http://%s:%d/metrics", host, endpoint.port)
+        except MetricsEndpointError as busy:
+            log.error("%s; running without them: set METRICS_PORT to a free port, or 0", busy)
     interceptors = [LogContextInterceptor(), MetricsInterceptor(metrics)]
-    return WorkerTelemetry(runtime, metrics, interceptors, endpoint)
+    return WorkerTelemetry(runtime or temporal_runtime(None), metrics, interceptors, endpoint)

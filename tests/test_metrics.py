@@ -3,6 +3,7 @@ both endpoints (the engine's and the Temporal SDK's) are scraped over HTTP."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -183,7 +184,9 @@ async def test_worker_telemetry_serves_what_the_settings_ask_for() -> None:
     assert off.endpoint is None and off.runtime.metric_meter is MetricMeter.noop
 
 
-def test_a_busy_port_is_a_clear_error() -> None:
+def test_a_busy_port_is_a_clear_error_and_the_worker_runs_without_that_endpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -192,3 +195,11 @@ def test_a_busy_port_is_a_clear_error() -> None:
             serve_metrics(EngineMetrics().registry, "127.0.0.1", port)
         with pytest.raises(MetricsEndpointError, match=f"Temporal SDK metrics on 127.0.0.1:{port}"):
             temporal_runtime(f"127.0.0.1:{port}")
+        with caplog.at_level(logging.ERROR, logger="engine.metrics"):
+            settings = Settings(metrics_host="127.0.0.1", metrics_port=port, temporal_metrics_port=port)
+            telemetry = worker_telemetry(settings)
+
+    assert telemetry.endpoint is None and telemetry.runtime.metric_meter is MetricMeter.noop
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("set METRICS_PORT to a free port" in message for message in messages)
+    assert any("set TEMPORAL_METRICS_PORT to a free port" in message for message in messages)
