@@ -447,6 +447,7 @@ class OrderActivities:
             Outcome.CANCELLED: "FAILED",
             Outcome.INVALID: "FAILED",
             Outcome.FAILED: "ERROR",
+            Outcome.UNRESOLVED: "ERROR",
         }[request.outcome]
         result: dict[str, Any] = {"outcome": request.outcome.value}
         if state is not None:

@@ -10,6 +10,7 @@ they are classified and dropped, not chained).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import re
@@ -357,7 +358,9 @@ class KiteBroker:
         if self._closed:
             raise BrokerConfigurationError(f"Kite {operation} after close(): ask for a new broker")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call_in_thread, operation, call, order_id)
+        # The thread runs in a copy of this context: its log lines carry the order they belong to.
+        in_context = contextvars.copy_context().run
+        return await loop.run_in_executor(self._executor, in_context, self._call_in_thread, operation, call, order_id)
 
     def _call_in_thread(self, operation: str, call: Callable[[], T], order_id: str | None) -> T:
         self._last_answer.error_type = None

@@ -264,6 +264,8 @@ async def test_a_worker_killed_half_way_through_the_stop_leaves_the_rest_to_anot
         "ENGINE_SECRET_KEY": engine_secret_key,
         "KITE_ROOT": engine.paper.url,
         "TASK_QUEUE": stop_settings.task_queue,
+        "METRICS_PORT": "0",
+        "TEMPORAL_METRICS_PORT": "0",
         "TEMPORAL_ADDRESS": temporal_server.address,
         "ENFORCE_MARKET_HOURS": "false",
         "BROKER_HTTP_TIMEOUT_SECONDS": "2",

@@ -244,3 +244,23 @@ async def test_sell_and_stop_loss_racing_make_one_order(engine: Engine) -> None:
     assert result.filled_quantity == 6
     sells = [o for o in broker_orders(engine) if o["side"] == "SELL"]
     assert len(sells) == 1
+
+
+async def test_an_order_the_engine_loses_track_of_is_unresolved_and_asks_for_a_person(engine: Engine) -> None:
+    engine.paper.control.set_fill(fill_ratio="0")  # the order rests OPEN
+    strategy = await engine.strategy("SBIN", quantity=3)
+    handle = await engine.starter.place_buy_order(strategy)
+    for _ in range(100):
+        if broker_orders(engine):
+            break
+        await asyncio.sleep(0.05)
+    engine.paper.control.expire_tokens()  # following can no longer read the order book
+
+    result = await handle.result()
+
+    assert result.outcome is Outcome.UNRESOLVED and result.needs_intervention
+    assert "re-login needed" in str((await engine.store.get_strategy(strategy.id)).intervention_reason)
+    record = await engine.store.get_order(result.order_key)
+    assert record.outcome == "ERROR"
+    with pytest.raises(DuplicateOrderError):  # the order may still be live: the intent is not retried
+        await engine.starter.place_buy_order(strategy)

@@ -93,6 +93,8 @@ async def run_crash_scenario(
         "BROKER_HTTP_TIMEOUT_SECONDS": "3",
         "ORDER_POLL_INTERVAL_SECONDS": "0.05",
         "PYTHONUNBUFFERED": "1",
+        "METRICS_PORT": "0",
+        "TEMPORAL_METRICS_PORT": "0",
     }
     log = tmp_path / "worker.log"
     strategy = await engine.strategy("RELIANCE", quantity=8, api_key=f"crash{uuid.uuid4().hex[:6]}")
