@@ -51,6 +51,7 @@ class WorkerParts:
     def activities(self) -> list:
         orders, alerts, control = self.order_activities, self.alert_activities, self.control_activities
         return [
+            orders.begin_and_place_order,
             orders.begin_order,
             orders.place_order_once,
             orders.find_placed_order,

@@ -29,6 +29,7 @@ from engine.ids import OrderType
 from engine.market_hours import MarketCalendar
 from engine.models import (
     BeginOrder,
+    BegunOrder,
     BrokerOrderState,
     CancelAnswer,
     CancelAtBroker,
@@ -271,6 +272,13 @@ class OrderActivities:
                 f"the market is closed at {now.astimezone().isoformat(timespec='seconds')}: "
                 "NSE trades 09:15–15:30 IST on trading days"
             )
+
+    # 1 + 2 + 3 in one step: the fast path, one local activity between a trigger and the broker.
+
+    @activity.defn(name="begin_and_place_order")
+    async def begin_and_place_order(self, request: BeginOrder) -> BegunOrder:
+        ticket = await self.begin_order(request)
+        return BegunOrder(ticket=ticket, placement=await self.place_order_once(PlaceOrder(ticket=ticket)))
 
     # 3. Place exactly once.
 

@@ -37,6 +37,7 @@ from temporalio.runtime import (
 )
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
+from engine.errors import ORDER_IN_FLIGHT, VALIDATION_FAILED
 from engine.logs import LogContextInterceptor
 from engine.models import Alert, BeginOrder, FinishOrder, FollowOrder, FollowResult, Outcome, Placement
 from engine.settings import Settings
@@ -130,8 +131,16 @@ class MetricsInterceptor(Interceptor):
 
     def record_success(self, activity_type: str, argument: Any, result: Any, info: activity.Info) -> None:
         metrics = self.metrics
-        if activity_type == "begin_order" and isinstance(argument, BeginOrder):
+        if activity_type == "begin_and_place_order" and isinstance(argument, BeginOrder):
+            # The fast path: begun and placed in one step.
             self._track(argument.order_key, _OrderTimes(argument.intent.order_type.value, info.scheduled_time))
+            metrics.placement_latency.labels(argument.intent.order_type.value).observe(
+                _seconds_since(info.scheduled_time)
+            )
+            self._orders[argument.order_key].accepted = _now()
+        elif activity_type == "begin_order" and isinstance(argument, BeginOrder):
+            if argument.order_key not in self._orders:
+                self._track(argument.order_key, _OrderTimes(argument.intent.order_type.value, info.scheduled_time))
         elif activity_type in ("place_order_once", "find_placed_order") and isinstance(result, Placement):
             ticket = getattr(argument, "ticket", argument)  # PlaceOrder holds the ticket; find_placed_order takes it
             times = self._orders.get(ticket.order_key)
@@ -156,8 +165,12 @@ class MetricsInterceptor(Interceptor):
     def record_failure(self, activity_type: str, argument: Any, error: Exception) -> None:
         error_type = (error.type if isinstance(error, ApplicationError) else None) or type(error).__name__
         self.metrics.activity_failures.labels(activity_type, error_type).inc()
-        refused = isinstance(error, ApplicationError) and error.non_retryable
-        if activity_type == "begin_order" and refused and isinstance(argument, BeginOrder):
+        refused = isinstance(error, ApplicationError) and error.type in (VALIDATION_FAILED, ORDER_IN_FLIGHT)
+        if activity_type == "begin_and_place_order" and not refused and isinstance(argument, BeginOrder):
+            # Retried step by step from here; the order's time started with this attempt all the same.
+            if argument.order_key not in self._orders:
+                self._track(argument.order_key, _OrderTimes(argument.intent.order_type.value, _now()))
+        if activity_type in ("begin_order", "begin_and_place_order") and refused and isinstance(argument, BeginOrder):
             # Validation refused it: the workflow ends INVALID without a finish_order to count it.
             self.metrics.orders.labels(argument.intent.order_type.value, Outcome.INVALID.value).inc()
 

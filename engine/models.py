@@ -85,6 +85,13 @@ class Placement(BaseModel):
     adopted: bool = Field(description="found in the order book by tag instead of placed by this attempt")
 
 
+class BegunOrder(BaseModel):
+    """The fast path's answer: the order validated, recorded and placed in one step."""
+
+    ticket: OrderTicket
+    placement: Placement
+
+
 class BrokerOrderState(BaseModel):
     order_id: str
     status: str

@@ -119,8 +119,9 @@ async def test_orders_move_the_engine_and_sdk_metrics(observed: Observed) -> Non
     flat = await engine.strategy("TCS", quantity=2)
 
     bought = await (await engine.starter.place_buy_order(held)).result()
-    # A stop-loss whose first placement is rate-limited (429): one retry, a second later.
-    engine.paper.control.add_fault("http_429", route="place_order", count=1)
+    # A stop-loss whose first two placements are rate-limited (429): the fast path's one attempt, then
+    # the step-by-step placement's first; its retry comes a second later.
+    engine.paper.control.add_fault("http_429", route="place_order", count=2)
     stopped = await (await engine.starter.place_sl_sell_order(held.id, Decimal("2490"))).result()
     engine.paper.control.add_fault("reject", route="place_order", count=1, message="RMS: margin exceeds")
     with pytest.raises(WorkflowFailureError):
@@ -151,6 +152,8 @@ async def test_orders_move_the_engine_and_sdk_metrics(observed: Observed) -> Non
     assert value(ours, "engine_activity_retries_total", activity_type="place_order_once") == 1
     failures = {"activity_type": "place_order_once", "error_type": "RateLimited"}
     assert value(ours, "engine_activity_failures_total", **failures) == 1
+    fast_path = {"activity_type": "begin_and_place_order", "error_type": "RateLimited"}
+    assert value(ours, "engine_activity_failures_total", **fast_path) == 1
     assert value(ours, "engine_alerts_total", level="WARNING") == 2  # the rejected BUY, the invalid SELL
     assert value(ours, "engine_alerts_total", level="CRITICAL") == 0
     assert observed.interceptor.tracked_orders() == 0  # nothing kept once the orders ended
@@ -162,7 +165,9 @@ async def test_orders_move_the_engine_and_sdk_metrics(observed: Observed) -> Non
     assert value(sdk, "temporal_workflow_failed_total", task_queue=queue, workflow_type="OrderWorkflow") == 2
     followed = value(sdk, "temporal_activity_execution_latency_count", task_queue=queue, activity_type="follow_order")
     assert followed == 3  # every order the broker accepted
-    assert value(sdk, "temporal_local_activity_total", task_queue=queue, activity_type="begin_order") == 4
+    # Four orders took the fast path; the rate-limited stop-loss then began again step by step.
+    assert value(sdk, "temporal_local_activity_total", task_queue=queue, activity_type="begin_and_place_order") == 4
+    assert value(sdk, "temporal_local_activity_total", task_queue=queue, activity_type="begin_order") == 1
 
 
 async def test_worker_telemetry_serves_what_the_settings_ask_for() -> None:

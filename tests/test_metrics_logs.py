@@ -112,7 +112,7 @@ async def test_the_strategy_comes_from_the_activity_input_whatever_the_workflow_
     # The SDK's own line about the refused validation, and the alert the workflow raised after it.
     refused = [line for line in captured.matching("Completing activity as failed") if line["workflow_id"] == handle.id]
     [alert] = captured.matching("ALERT WARNING: SELL order invalid")
-    assert [line["activity_type"] for line in refused] == ["begin_order"]
+    assert [line["activity_type"] for line in refused] == ["begin_and_place_order"]
     assert {line["strategy_id"] for line in [*refused, alert]} == {flat.id}
     assert {line["order_key"] for line in [*refused, alert]} == {order_key(handle.id, handle.result_run_id or "")}
     assert "ValidationFailed" in refused[0]["exception"]

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         OrderStatusView,
         OrderTicket,
         Outcome,
+        Placement,
         PlaceOrder,
     )
     from engine.temporal import BROKER_ORDER_ID, ORDER_STATUS
@@ -60,6 +61,8 @@ BROKER_CALL_RETRY = RetryPolicy(
 # Placing and cancelling first wait their turn in the account's order queue (Kite: 10 per second per
 # account, across workers): room in one attempt for a burst of a few hundred orders of one account.
 ORDER_QUEUE_ALLOWANCE = timedelta(seconds=30)
+# The first, combined attempt: validation, the attempt's record, the per-account queue and one request.
+FIRST_ATTEMPT_TIMEOUT = timedelta(seconds=60)
 # After a cancel, how long the broker gets to confirm a terminal state before a person is asked.
 CANCEL_GRACE = timedelta(seconds=30)
 
@@ -93,6 +96,7 @@ class OrderWorkflow:
         self._cancel_answer: CancelAnswer | None = None
         self._result: OrderResult | None = None
         self._lost_track: str | None = None
+        self._placement_failure: FailureError | None = None
 
     # Control
 
@@ -138,27 +142,56 @@ class OrderWorkflow:
         key = order_key(info.workflow_id, info.run_id)
 
         self._set_stage("validating")
+        begin = BeginOrder(
+            intent=intent, workflow_id=info.workflow_id, run_id=info.run_id, order_key=key, tag=broker_tag(key)
+        )
+        # The fast path: validate, record and place in one local activity, one attempt. Anything else
+        # (a refusal, a retry, a fault) takes the steps one by one below, each with its own retry policy.
         try:
-            ticket = await workflow.execute_local_activity_method(
-                OrderActivities.begin_order,
-                BeginOrder(
-                    intent=intent, workflow_id=info.workflow_id, run_id=info.run_id, order_key=key,
-                    tag=broker_tag(key),
-                ),
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=STORE_RETRY,
+            begun = await workflow.execute_local_activity_method(
+                OrderActivities.begin_and_place_order,
+                begin,
+                start_to_close_timeout=FIRST_ATTEMPT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=1),
             )
-        except FailureError as refused:  # local activities fail with the activity's own error
-            return await self._end_unplaced(key, None, Outcome.INVALID, refused)
+            ticket, first_failure = begun.ticket, None
+            placement: Placement | None = begun.placement
+        except FailureError as failed:
+            cause = _cause(failed)
+            if cause is not None and cause.type in (errors.VALIDATION_FAILED, errors.ORDER_IN_FLIGHT):
+                return await self._end_unplaced(key, None, Outcome.INVALID, failed)
+            first_failure, placement = failed, None
+            try:
+                ticket = await workflow.execute_local_activity_method(  # idempotent: the recorded attempt
+                    OrderActivities.begin_order, begin, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=STORE_RETRY,
+                )
+            except FailureError as refused:
+                return await self._end_unplaced(key, None, Outcome.INVALID, refused)
         self._ticket = ticket
+        if placement is None:
+            cause = _cause(first_failure) if first_failure is not None else None
+            if cause is not None and cause.type in (errors.BROKER_REFUSED, errors.SESSION_EXPIRED):
+                return await self._end_unplaced(key, ticket, Outcome.FAILED, first_failure)
+            if self._cancel_requested:
+                return await self._end_unplaced(key, ticket, Outcome.CANCELLED, None)
+            placement = await self._place_with_retries(ticket)
+            if placement is None:
+                return await self._end_unplaced(key, ticket, Outcome.FAILED, self._placement_failure)
+        self._broker_order_id = placement.broker_order_id
+        workflow.upsert_search_attributes(
+            [BROKER_ORDER_ID.value_set(placement.broker_order_id), ORDER_STATUS.value_set("PLACED")]
+        )
+
+        state, timed_out = await self._follow_to_end(ticket, placement.broker_order_id)
+        return await self._end_placed(key, ticket, state, timed_out)
+
+    async def _place_with_retries(self, ticket: OrderTicket) -> Placement | None:
+        """Place with retries and backoff; None when it surely failed (the error kept for the audit)."""
         policy = ticket.policy
-
-        if self._cancel_requested:
-            return await self._end_unplaced(key, ticket, Outcome.CANCELLED, None)
-
         self._set_stage("placing")
         try:
-            placement = await workflow.execute_local_activity_method(
+            return await workflow.execute_local_activity_method(
                 OrderActivities.place_order_once,
                 PlaceOrder(ticket=ticket),
                 # Longer than the HTTP client's timeout: an attempt is never abandoned mid-request.
@@ -172,29 +205,20 @@ class OrderWorkflow:
                 ),
             )
         except FailureError as failed:
+            self._placement_failure = failed
             cause = _cause(failed)
             if cause is None or cause.type != errors.BROKER_AMBIGUOUS:
-                return await self._end_unplaced(key, ticket, Outcome.FAILED, failed)
-            # The last attempt's outcome is unknown: nothing ends until the order book has been asked.
-            found = await workflow.execute_local_activity_method(
-                OrderActivities.find_placed_order,
-                ticket,
-                start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
-                    non_retryable_error_types=[errors.SESSION_EXPIRED],
-                ),
-            )
-            if found is None:
-                return await self._end_unplaced(key, ticket, Outcome.FAILED, failed)
-            placement = found
-        self._broker_order_id = placement.broker_order_id
-        workflow.upsert_search_attributes(
-            [BROKER_ORDER_ID.value_set(placement.broker_order_id), ORDER_STATUS.value_set("PLACED")]
+                return None
+        # The last attempt's outcome is unknown: nothing ends until the order book has been asked.
+        return await workflow.execute_local_activity_method(
+            OrderActivities.find_placed_order,
+            ticket,
+            start_to_close_timeout=timedelta(seconds=policy.broker_timeout_seconds + 5),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
+                non_retryable_error_types=[errors.SESSION_EXPIRED],
+            ),
         )
-
-        state, timed_out = await self._follow_to_end(ticket, placement.broker_order_id)
-        return await self._end_placed(key, ticket, state, timed_out)
 
     async def _follow_to_end(self, ticket: OrderTicket, broker_order_id: str) -> tuple[BrokerOrderState, bool]:
         """Follow until terminal; cancel on request or at the deadline; keep whatever was filled."""
