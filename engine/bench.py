@@ -86,7 +86,6 @@ class Seeder:
 
     async def accounts(self, count: int, prefix: str) -> list[tuple[int, int, str, str]]:
         made = []
-        factory = KiteBrokerFactory(self.stack.settings)
         for index in range(count):
             api_key = f"{prefix}{self.run}{index}"
             user, _ = await self.stack.store.create_user(f"{api_key}-user")
@@ -95,7 +94,6 @@ class Seeder:
                 user.id, broker="kite", api_key=api_key, api_secret="bench", access_token=token
             )
             made.append((user.id, account.id, api_key, token))
-        factory.close()
         return made
 
     async def strategies(self, accounts: list[tuple[int, int, str, str]], count: int) -> list[StrategyRecord]:

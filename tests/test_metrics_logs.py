@@ -22,6 +22,7 @@ from engine.ids import OrderType, order_key
 from engine.logs import JsonFormatter, LogContextInterceptor, OrderContextFilter, TextFormatter, configure_logging
 from engine.models import OrderIntent
 from store import Store
+from tests.fixtures.logs import attached_to_root
 from tests.fixtures.temporal import Engine, make_engine, replay_task_queue
 from worker import build_worker
 from workflows.order import OrderWorkflow
@@ -45,15 +46,8 @@ class CapturedLines(logging.Handler):
 
 @pytest.fixture
 def captured() -> Iterator[CapturedLines]:
-    root = logging.getLogger()
-    handler, level = CapturedLines(), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with attached_to_root(CapturedLines(), logging.INFO) as handler:
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 @pytest.fixture

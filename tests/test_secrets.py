@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from engine.logs import JsonFormatter, OrderContextFilter
 from engine.models import OrderResult, Outcome
+from tests.fixtures.logs import attached_to_root
 from tests.fixtures.temporal import Engine
 
 VISIBILITY_WAIT_SECONDS = 10.0
@@ -45,15 +46,8 @@ class EverythingLogged(logging.Handler):
 
 @pytest.fixture
 def everything_logged() -> Iterator[EverythingLogged]:
-    root = logging.getLogger()
-    handler, level = EverythingLogged(), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with attached_to_root(EverythingLogged(), logging.DEBUG) as handler:
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 @dataclass(frozen=True)
