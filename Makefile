@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(PY) -m engine.demo
+	$(PY) -m dev.demo
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -24,7 +24,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: venv
-	$(PY) -m engine.bench
+	$(PY) -m dev.bench
 
 paper-broker: venv
 	$(VENV)/bin/paper-broker --host 127.0.0.1 --port 8700

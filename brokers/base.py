@@ -8,6 +8,10 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
+# Terminal statuses are Kite's, and part of this interface too.
+from engine.order_state import TERMINAL_STATUSES as TERMINAL_STATUSES
+from engine.order_state import is_terminal as is_terminal
+
 
 class OrderStatus(StrEnum):
     """Kite's order statuses. Anything not terminal is pending."""
@@ -24,13 +28,6 @@ class OrderStatus(StrEnum):
     COMPLETE = "COMPLETE"
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
-
-
-TERMINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELLED"})
-
-
-def is_terminal(status: str) -> bool:
-    return status in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)

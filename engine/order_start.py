@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio.common import (
     Priority,
@@ -16,12 +16,24 @@ from temporalio.common import (
 from engine.ids import OrderType
 from engine.settings import Settings
 from engine.temporal import ORDER_STATUS, ORDER_TYPE, STRATEGY_ID, SYMBOL, USER_ID
-from store.records import StrategyRecord
+
+
+class OrderedStrategy(Protocol):
+    """What starting an order needs to know of its strategy (the store's StrategyRecord is one)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def broker_account_id(self) -> int: ...
 
 
 def order_start_options(
     settings: Settings,
-    strategy: StrategyRecord,
+    strategy: OrderedStrategy,
     order_type: OrderType,
     *,
     priority_key: int,

@@ -6,7 +6,12 @@ update carries more filled quantity or a later stage of the lifecycle. A termina
 
 from __future__ import annotations
 
-from brokers.base import is_terminal
+TERMINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELLED"})
+
+
+def is_terminal(status: str) -> bool:
+    return status in TERMINAL_STATUSES
+
 
 # Lifecycle stage of pending statuses; every terminal status outranks them all.
 _PENDING_STAGE = {

@@ -54,7 +54,7 @@ def connect_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 async def connect(
     address: str | None = None, environ: Mapping[str, str] | None = None, *, runtime: Runtime | None = None
 ) -> Client:
-    """`runtime`: one made before the client, e.g. to serve the SDK's metrics (`engine.metrics`)."""
+    """`runtime`: one made before the client, e.g. to serve the SDK's metrics (`apps.metrics`)."""
     config = connect_config(environ)
     if address:
         config["target_host"] = address

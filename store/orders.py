@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from brokers.base import is_terminal
+from engine.order_state import is_terminal
 from store import validation as check
 from store.base import StoreBase, strategy_record, to_record, utc_now
 from store.errors import FillMismatch, InvalidInput, OrderInFlight, PlacementConflict

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from apps.api.main import create_app
 from engine.temporal import data_converter
-from starter.api import create_app
 from starter.schedules import StrategySchedules
 from store import Store
 from store.records import StrategySpec, UserRecord

@@ -20,15 +20,15 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from temporalio.client import Client
 
+from apps.api.main import create_app
+from apps.worker import build_worker
 from brokers.paper.testing import PaperBrokerServer
-from engine.devserver import DevServer
+from dev.devserver import DevServer
 from engine.settings import Settings
 from engine.temporal import data_converter
-from starter.api import create_app
 from starter.schedules import StrategySchedules
 from store import Store, StrategySpec
 from tests.fixtures.ports import free_port
-from worker import build_worker
 
 MAX_EXAMPLES = 12
 START_TIMEOUT_SECONDS = 10.0

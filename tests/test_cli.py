@@ -13,8 +13,9 @@ from decimal import Decimal
 import pytest
 from rich.console import Console
 
-from engine.devserver import DevServer
-from starter.cli import CONFLICT, FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE, main
+from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE
+from apps.cli.main import main
+from dev.devserver import DevServer
 from tests.fixtures.ports import free_port
 from tests.fixtures.temporal import Engine
 from tests.test_api import schedules_removed_afterwards

@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from apps.codec_server import create_app
 from engine.codec import (
     ENCRYPTED_ENCODING,
     EncryptionCodec,
@@ -31,7 +32,6 @@ from engine.codec import (
     generate_key,
     parse_keys,
 )
-from starter.codec_server import create_app
 
 TEMPORAL_CLI = Path(sys.executable).parent / "temporal"
 # Sub-second activity retry backoff needs the timer queue to run unthrottled (DESIGN.md, measured).

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 
+from apps.codec_server import create_app, create_app_from_env
 from engine.codec import CodecConfigError, EncryptionCodec, generate_key, parse_keys
-from starter.codec_server import create_app, create_app_from_env
 
 UI_ORIGIN = "http://localhost:8080"
 TOKEN = "codec-test-token-3f9a"
@@ -218,7 +218,7 @@ def test_app_from_env_without_keys_refuses_to_start() -> None:
 
 
 def test_module_app_is_built_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import starter.codec_server as codec_server
+    import apps.codec_server as codec_server
 
     monkeypatch.setenv("PAYLOAD_CODEC_KEYS", f"k1:{generate_key()}")
     monkeypatch.setattr(codec_server, "_app_from_env", None)

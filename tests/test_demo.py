@@ -12,7 +12,7 @@ def test_the_demo_scenario_comes_out_right(tmp_path: Path) -> None:
     env = {**os.environ, "DEMO_EXIT": "1"}
     env.pop("DATABASE_URL", None)  # the embedded default: SQLite under ./data
     done = subprocess.run(
-        [sys.executable, "-m", "engine.demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "dev.demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=240, stdin=subprocess.DEVNULL,
     )
 

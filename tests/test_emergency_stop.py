@@ -32,7 +32,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 
 from brokers.paper.testing import PaperBrokerServer
-from engine.devserver import DevServer
+from dev.devserver import DevServer
 from engine.ids import OrderType
 from engine.models import OrderIntent, Outcome
 from starter.control import EmergencyStopRefused, start_emergency_stop, wait_for_emergency_stop

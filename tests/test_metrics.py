@@ -17,12 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import MetricMeter
 
-from brokers.factory import KiteBrokerFactory
-from brokers.paper.testing import PaperBrokerServer
-from engine.devserver import DevServer
-from engine.ids import OrderType
-from engine.logs import LogContextInterceptor
-from engine.metrics import (
+from apps.metrics import (
     EngineMetrics,
     MetricsEndpoint,
     MetricsEndpointError,
@@ -31,13 +26,18 @@ from engine.metrics import (
     temporal_runtime,
     worker_telemetry,
 )
+from apps.worker import build_worker
+from brokers.factory import KiteBrokerFactory
+from brokers.paper.testing import PaperBrokerServer
+from dev.devserver import DevServer
+from engine.ids import OrderType
+from engine.logs import LogContextInterceptor
 from engine.models import OrderIntent, Outcome
 from engine.settings import Settings
 from engine.temporal import connect
 from store import Store
 from tests.fixtures.ports import free_port
 from tests.fixtures.temporal import Engine, make_engine, replay_task_queue
-from worker import build_worker
 from workflows.order import OrderWorkflow
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -200,7 +200,7 @@ def test_a_busy_port_is_a_clear_error_and_the_worker_runs_without_that_endpoint(
             serve_metrics(EngineMetrics().registry, "127.0.0.1", port)
         with pytest.raises(MetricsEndpointError, match=f"Temporal SDK metrics on 127.0.0.1:{port}"):
             temporal_runtime(f"127.0.0.1:{port}")
-        with caplog.at_level(logging.ERROR, logger="engine.metrics"):
+        with caplog.at_level(logging.ERROR, logger="apps.metrics"):
             settings = Settings(metrics_host="127.0.0.1", metrics_port=port, temporal_metrics_port=port)
             telemetry = worker_telemetry(settings)
 

@@ -16,6 +16,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from apps.worker import build_worker
 from brokers.factory import KiteBrokerFactory
 from brokers.paper.testing import PaperBrokerServer
 from engine.ids import OrderType, order_key
@@ -24,7 +25,6 @@ from engine.models import OrderIntent
 from store import Store
 from tests.fixtures.logs import attached_to_root
 from tests.fixtures.temporal import Engine, make_engine, replay_task_queue
-from worker import build_worker
 from workflows.order import OrderWorkflow
 
 

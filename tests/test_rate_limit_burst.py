@@ -10,13 +10,13 @@ from typing import Any
 
 from temporalio.client import Client
 
+from apps.worker import build_worker
 from brokers.factory import KiteBrokerFactory
-from engine.devserver import DevServer
+from dev.devserver import DevServer
 from engine.models import Outcome
 from engine.temporal import data_converter
 from store import Store
 from tests.fixtures.temporal import Engine
-from worker import build_worker
 
 BURST = 50
 LIMIT_PER_SECOND = 10

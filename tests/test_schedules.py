@@ -20,6 +20,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
+from apps.worker import WORKFLOWS, build_worker
 from brokers.paper.testing import PaperBrokerServer
 from engine.ids import OrderType
 from engine.models import OrderResult, Outcome
@@ -36,7 +37,6 @@ from store import HistoryQuery, Store
 from store.records import StrategyRecord
 from tests.fixtures.temporal import Engine, make_engine
 from tests.test_api import schedules_removed_afterwards
-from worker import WORKFLOWS, build_worker
 from workflows.scheduled import ScheduledOrder, ScheduledOrderResult, ScheduledOrderWorkflow, ScheduledOutcome
 
 HOLIDAYS = "2026-01-26,2026-03-03"

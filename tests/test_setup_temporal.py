@@ -1,12 +1,12 @@
-"""`python -m engine.setup_temporal` registers the engine's search attributes on a bare cluster, once."""
+"""`python -m apps.setup_temporal` registers the engine's search attributes on a bare cluster, once."""
 
 from __future__ import annotations
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
-from engine.devserver import DevServer
-from engine.setup_temporal import register_search_attributes
+from apps.setup_temporal import register_search_attributes
+from dev.devserver import DevServer
 from engine.temporal import SEARCH_ATTRIBUTES
 
 

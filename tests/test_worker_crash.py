@@ -21,7 +21,7 @@ import pytest
 from temporalio.client import Client
 
 from brokers.paper.testing import PaperBrokerServer
-from engine.devserver import DevServer
+from dev.devserver import DevServer
 from engine.models import Outcome
 from store import Store
 from tests.fixtures.temporal import Engine, make_engine

@@ -4,7 +4,7 @@ Speaks Temporal's remote codec protocol: `POST .../encode` and `POST .../decode`
 `Payloads` message as protobuf JSON (`{"payloads": [{"metadata": {...}, "data": "..."}]}`). Only the
 last path segment matters, so `/decode` and `/{namespace}/decode` both work.
 
-    uvicorn starter.codec_server:app --host 0.0.0.0 --port 8081
+    uvicorn apps.codec_server:app --host 0.0.0.0 --port 8081
 
 Environment: `PAYLOAD_CODEC_KEYS` / `PAYLOAD_CODEC_KEY_ID` (see `engine.codec`), `CODEC_CORS_ORIGINS`
 (comma-separated origins allowed to call from a browser: the Temporal UI's), `CODEC_AUTH_TOKEN`

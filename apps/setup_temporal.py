@@ -1,6 +1,6 @@
 """Register the engine's custom search attributes on a Temporal cluster (idempotent).
 
-    python -m engine.setup_temporal          # uses TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / profiles
+    python -m apps.setup_temporal          # uses TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / profiles
 
 The dev server started by `make demo` and the tests registers them itself; a production cluster needs
 this once per namespace (docker-compose runs the equivalent `temporal operator` job).

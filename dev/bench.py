@@ -32,16 +32,16 @@ from typing import Any
 import asyncpg
 from cryptography.fernet import Fernet
 
+from apps.worker import build_worker
 from brokers.base import OrderRequest
 from brokers.factory import KiteBrokerFactory
 from brokers.paper.control import SimControl
-from engine.devserver import DevServer, free_port
+from dev.devserver import DevServer, free_port
 from engine.settings import Settings
 from engine.temporal import connect
 from starter.orders import OrderStarter
 from store import Store
 from store.records import StrategyRecord, StrategySpec
-from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "200"))

@@ -20,9 +20,10 @@ from datetime import time
 from decimal import Decimal
 from urllib.parse import quote
 
+from apps.worker import build_worker
 from brokers.factory import KiteBrokerFactory
 from brokers.paper.testing import PaperBrokerServer
-from engine.devserver import DevServer
+from dev.devserver import DevServer
 from engine.events import EventBus
 from engine.models import OrderResult
 from engine.settings import DATA_DIR, Settings
@@ -31,7 +32,6 @@ from starter.market_data import StopLossListener
 from starter.orders import OrderStarter
 from store import HistoryQuery, Store
 from store.records import StrategySpec
-from worker import build_worker
 
 ENTRY_PRICE = Decimal("2500.00")
 FALLING_PRICES = [Decimal("2480.00"), Decimal("2455.50"), Decimal("2438.25")]

@@ -1,0 +1,1 @@
+"""The programs that run in production: worker, HTTP API, CLI, codec server, Temporal set-up."""

@@ -1,0 +1,90 @@
+"""`engine`: the operator's command line. It talks to Temporal and the database directly (not through
+the HTTP API), configured from the environment like the worker (DATABASE_URL, ENGINE_SECRET_KEY,
+TEMPORAL_ADDRESS, TASK_QUEUE, ...).
+
+    engine users create alice                  # prints alice's API key, once
+    engine accounts add --user 1 --api-key K --api-secret S --access-token T
+    engine strategies create --user 1 --account 1 --name nifty-open --symbol RELIANCE --quantity 10 \\
+        --entry 09:20 --exit 15:10
+    engine strategies start 1
+    engine order buy 1 --wait
+    engine order status order:1:1:entry
+    engine history --strategy 1
+
+Exit codes: 0 done; 1 the order or the request was refused or failed; 2 wrong usage; 3 not found;
+4 duplicate or conflict; 5 Temporal or the database unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from apps.cli import accounts, control, orders, strategies
+from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, UNAVAILABLE, Cli, Command
+from engine.errors import DuplicateOrderError
+from engine.settings import Settings
+from starter.control import (
+    EmergencyStopRefused,
+    EmergencyStopUnconfirmed,
+    InvalidControlRequest,
+    OrderAlreadyFinished,
+    UnknownOrder,
+)
+from starter.deps import Services, StrategyNotRunning, TemporalUnavailable
+from store.errors import InvalidInput, NotFound, OrderInFlight, StoreError, StoreUnavailable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine", description="Operate the order execution engine (Temporal + Kite)."
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    for group in (strategies, orders, control, accounts):
+        group.add_commands(groups)
+    return parser
+
+
+async def run(argv: Sequence[str], console: Console, services: Services | None = None) -> int:
+    """Parse, run one command, map failures to an exit code and a message that says what to do."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    opened = None
+    try:
+        if services is None:
+            opened = services = await Services.open(Settings())
+        command: Command = args.run
+        return await command(Cli(services, console), args)
+    except DuplicateOrderError as duplicate:
+        return _fail(console, CONFLICT, str(duplicate))
+    except (OrderAlreadyFinished, OrderInFlight, StrategyNotRunning, EmergencyStopRefused) as conflict:
+        return _fail(console, CONFLICT, str(conflict))
+    except (UnknownOrder, NotFound) as missing:
+        return _fail(console, NOT_FOUND, str(missing))
+    except (TemporalUnavailable, StoreUnavailable, EmergencyStopUnconfirmed) as unavailable:
+        return _fail(console, UNAVAILABLE, str(unavailable))
+    except (InvalidInput, InvalidControlRequest, StoreError, ValueError) as refused:
+        return _fail(console, FAILED, str(refused))
+    finally:
+        if opened is not None:
+            await opened.close()
+
+
+def _fail(console: Console, code: int, message: str) -> int:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return code
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    return asyncio.run(run(sys.argv[1:] if argv is None else argv, console or Console()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
