@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import and_, or_, select
 
@@ -16,6 +16,8 @@ from store.models import OrderLog
 from store.records import HistoryQuery, LogStatus, OrderLogRecord, OrderType, Page
 
 MAX_PAGE_SIZE = 500
+MAX_ROW_ID = 2**63 - 1  # the id column is a BIGINT
+NOT_OURS = "cursor is not one this store issued; pass next_cursor back unchanged"
 
 
 def encode_cursor(row: OrderLogRecord) -> str:
@@ -27,12 +29,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         attempted_at, row_id = json.loads(raw)
-        position = datetime.fromisoformat(attempted_at), int(row_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this store issued; pass next_cursor back unchanged") from None
-    if position[0].tzinfo is None:
-        raise InvalidInput("cursor is not one this store issued; pass next_cursor back unchanged")
-    return position
+        if not isinstance(row_id, int) or isinstance(row_id, bool) or not 0 < row_id <= MAX_ROW_ID:
+            raise InvalidInput(NOT_OURS)
+        moment = datetime.fromisoformat(attempted_at)
+        if moment.tzinfo is None:
+            raise InvalidInput(NOT_OURS)
+        return moment.astimezone(UTC), row_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
+        raise InvalidInput(NOT_OURS) from None
 
 
 class HistoryMixin(StoreBase):

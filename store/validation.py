@@ -117,7 +117,11 @@ def aware_datetime(value: Any, field: str) -> datetime:
         raise InvalidInput(f"{field} must be a datetime, got {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInput(f"{field} must be timezone-aware (for example datetime.now(UTC)), got {value!r}")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        moment = value.isoformat()
+        raise InvalidInput(f"{field} is outside the years 1-9999 once converted to UTC, got {moment}") from None
 
 
 def optional_aware_datetime(value: Any, field: str) -> datetime | None:

@@ -132,7 +132,9 @@ def test_engine_image_is_built_here_and_runs_the_right_commands(services: dict[s
     assert set(engine) == {"migrate", "worker", "api", "codec-server"}
     assert all(spec["build"]["context"] == "." for spec in engine.values())
     assert services["worker"]["command"] == ["python", "worker.py"]
-    assert services["api"]["command"] == ["uvicorn", "apps.api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+    assert services["api"]["command"] == [
+        "uvicorn", "apps.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header"
+    ]
     assert services["codec-server"]["command"][:2] == ["uvicorn", "apps.codec_server:app"]
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
 

@@ -29,20 +29,32 @@ def services_of(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services_of)]
 
 
-async def current_user(
-    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> UserRecord:
+async def authenticate(services: Services, authorization: str | None) -> UserRecord:
+    """The user an `Authorization: Bearer <API key>` header names; ApiError 401 for anything else."""
     challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None:
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED, "send your API key as `Authorization: Bearer <key>`", headers=challenge
         )
-    key = credentials.credentials
+    key = key.strip()
     user = await services.store.user_by_api_key(key) if API_KEY_SHAPE.fullmatch(key) else None
     if user is None:
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED, "that API key is not valid; ask an operator for a new one", headers=challenge
         )
+    return user
+
+
+async def current_user(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # documents the scheme
+) -> UserRecord:
+    # The request guard authenticated the caller before the body was read (apps/api/guards.py).
+    user: UserRecord | None = getattr(request.state, "user", None)
+    if user is None:
+        user = await authenticate(services, request.headers.get("authorization"))
     return user
 
 

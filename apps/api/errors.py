@@ -36,7 +36,9 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def _error(status_code: int, detail: str, headers: dict[str, str] | None = None, **extra: str | None) -> JSONResponse:
+def error_response(
+    status_code: int, detail: str, headers: dict[str, str] | None = None, **extra: str | None
+) -> JSONResponse:
     body = ErrorOut(detail=detail, **extra).model_dump(exclude_none=True)
     return JSONResponse(status_code=status_code, content=body, headers=headers)
 
@@ -55,57 +57,59 @@ def install_error_handlers(app: FastAPI) -> None:
 
         app.add_exception_handler(exc_type, handle)
 
-    handler(ApiError, lambda exc: _error(exc.status_code, exc.detail, exc.headers, **exc.extra))
+    handler(ApiError, lambda exc: error_response(exc.status_code, exc.detail, exc.headers, **exc.extra))
     handler(
         RequestValidationError,
-        lambda exc: _error(
+        lambda exc: error_response(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             "fix the request: " + "; ".join(_validation_message(error) for error in exc.errors()[:10]),
         ),
     )
     handler(
         DuplicateOrderError,
-        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), workflow_id=exc.workflow_id, status=exc.status),
+        lambda exc: error_response(status.HTTP_409_CONFLICT, str(exc), workflow_id=exc.workflow_id, status=exc.status),
     )
     handler(
         OrderAlreadyFinished,
-        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), workflow_id=exc.workflow_id, status=exc.outcome),
+        lambda exc: error_response(status.HTTP_409_CONFLICT, str(exc), workflow_id=exc.workflow_id, status=exc.outcome),
     )
     handler(
         OrderInFlight,
-        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), workflow_id=split_order_key(exc.active_workflow_id)[0]),
+        lambda exc: error_response(
+            status.HTTP_409_CONFLICT, str(exc), workflow_id=split_order_key(exc.active_workflow_id)[0]
+        ),
     )
     handler(
         StrategyNotRunning,
-        lambda exc: _error(status.HTTP_409_CONFLICT, str(exc), status=exc.status),
+        lambda exc: error_response(status.HTTP_409_CONFLICT, str(exc), status=exc.status),
     )
-    handler(ConcurrentUpdate, lambda exc: _error(status.HTTP_409_CONFLICT, f"{exc}; send the request again"))
-    handler(UnknownOrder, lambda exc: _error(status.HTTP_404_NOT_FOUND, str(exc)))
-    handler(InvalidControlRequest, lambda exc: _error(status.HTTP_400_BAD_REQUEST, str(exc)))
-    handler(EmergencyStopRefused, lambda exc: _error(status.HTTP_409_CONFLICT, str(exc)))
+    handler(ConcurrentUpdate, lambda exc: error_response(status.HTTP_409_CONFLICT, f"{exc}; send the request again"))
+    handler(UnknownOrder, lambda exc: error_response(status.HTTP_404_NOT_FOUND, str(exc)))
+    handler(InvalidControlRequest, lambda exc: error_response(status.HTTP_400_BAD_REQUEST, str(exc)))
+    handler(EmergencyStopRefused, lambda exc: error_response(status.HTTP_409_CONFLICT, str(exc)))
     handler(
         EmergencyStopUnconfirmed,
-        lambda exc: _error(
+        lambda exc: error_response(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}, workflow_id=exc.workflow_id
         ),
     )
     handler(
         WorkflowUpdateRPCTimeoutOrCancelledError,
-        lambda exc: _error(
+        lambda exc: error_response(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "Temporal did not answer in time; the request may still take effect: check, then retry",
             headers={"Retry-After": "5"},
         ),
     )
-    handler(NotFound, lambda exc: _error(status.HTTP_404_NOT_FOUND, str(exc)))
-    handler(InvalidInput, lambda exc: _error(status.HTTP_400_BAD_REQUEST, str(exc)))
+    handler(NotFound, lambda exc: error_response(status.HTTP_404_NOT_FOUND, str(exc)))
+    handler(InvalidInput, lambda exc: error_response(status.HTTP_400_BAD_REQUEST, str(exc)))
     handler(
         TemporalUnavailable,
-        lambda exc: _error(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}),
+        lambda exc: error_response(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}),
     )
     handler(
         StoreUnavailable,
-        lambda exc: _error(
+        lambda exc: error_response(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; the database is unreachable, retry shortly",
             headers={"Retry-After": "5"},
         ),
@@ -113,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Anything else is a bug: the same shape of answer, and the traceback in the server's log.
     handler(
         Exception,
-        lambda exc: _error(
+        lambda exc: error_response(
             status.HTTP_500_INTERNAL_SERVER_ERROR,
             f"the API failed unexpectedly ({type(exc).__name__}); the server log has the details, please report it",
         ),
@@ -121,6 +125,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 429, 503)
 }
 ORDER_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 502: {"model": ErrorOut}}

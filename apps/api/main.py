@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from apps.api.errors import install_error_handlers
+from apps.api.guards import RequestGuard
 from apps.api.routers import control, health, orders, strategies
 from engine.settings import Settings
 from starter.deps import Services
@@ -58,6 +59,7 @@ def create_app(
     if settings is not None and client is not None and store is not None:
         app.state.services = Services.assemble(settings, client, store)
     install_error_handlers(app)
+    app.add_middleware(RequestGuard)
     for router in (orders.router, control.router, strategies.router, health.router):
         app.include_router(router)
     return app

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from starter.deps import MAX_ID, OrderStatus, split_order_key
 from starter.schedules import ScheduleView
+from store.errors import InvalidInput
+from store.history import decode_cursor
 from store.records import OrderLogRecord, StrategyRecord
 
 MAX_WAIT_SECONDS = 30.0
@@ -21,8 +33,11 @@ API_KEY_SHAPE = re.compile(r"[A-Za-z0-9_\-]{1,200}")
 
 # Wire types ------------------------------------------------------------------------------------------
 
-MONEY_PATTERN = r"^\d{1,7}(\.\d{1,6})?$"
-PERCENT_PATTERN = r"^\d{1,2}(\.\d{1,4})?$"
+# ASCII digits only: `\d` also matches other scripts' digits, and Decimal("२४५०") is 2450. Above zero: a price
+# or a percentage of 0 is never meant.
+MONEY_PATTERN = r"^(?=.*[1-9])[0-9]{1,7}(\.[0-9]{1,6})?$"
+PERCENT_PATTERN = r"^(?=.*[1-9])[0-9]{1,2}(\.[0-9]{1,4})?$"
+TIME_OF_DAY_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"
 
 
 def _decimal_text(pattern: str, example: str, shape: str) -> Callable[[Any], Any]:
@@ -33,7 +48,7 @@ def _decimal_text(pattern: str, example: str, shape: str) -> Callable[[Any], Any
         if not isinstance(value, str):
             raise ValueError(f'send a decimal string such as "{example}", not a JSON {type(value).__name__}')
         if not compiled.fullmatch(value):
-            raise ValueError(f'send a plain decimal such as "{example}": {shape}')
+            raise ValueError(f'send a plain decimal above zero such as "{example}": {shape}')
         return value
 
     return check
@@ -71,9 +86,49 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Symbol = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9&_.\-]+$")
 ]
-Id = Annotated[int, Field(gt=0, le=MAX_ID)]
-Quantity = Annotated[int, Field(gt=0, le=1_000_000)]
-WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this long for the result")]
+# Strict numbers and flags: JSON `true` is not the quantity 1, nor "1" a number of seconds.
+Id = Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
+Quantity = Annotated[int, Field(gt=0, le=1_000_000, strict=True)]
+WaitSeconds = Annotated[
+    float, Field(ge=0, le=MAX_WAIT_SECONDS, strict=True, description="wait up to this long for the result")
+]
+Flag = Annotated[bool, Field(strict=True)]
+
+
+def _time_of_day_text(value: Any) -> Any:
+    """A time of day in Asia/Kolkata travels as "HH:MM" or "HH:MM:SS", without an offset."""
+    if isinstance(value, time):
+        return value
+    if not isinstance(value, str) or not re.fullmatch(TIME_OF_DAY_PATTERN, value):
+        raise ValueError('send a time of day in Asia/Kolkata such as "09:20" or "15:10:30", without an offset')
+    return value
+
+
+def _within_utc_range(value: datetime | None) -> datetime | None:
+    if value is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("this moment falls outside the years 1-9999 once converted to UTC") from None
+    return value
+
+
+def _issued_cursor(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            decode_cursor(value)
+        except InvalidInput as wrong:
+            raise ValueError(str(wrong)) from None
+    return value
+
+
+HistoryMoment = Annotated[AwareDatetime | None, AfterValidator(_within_utc_range)]
+HistoryCursor = Annotated[str | None, AfterValidator(_issued_cursor)]
+
+TIME_OF_DAY_SCHEMA = {"type": "string", "pattern": TIME_OF_DAY_PATTERN, "examples": ["09:20:00"]}
+TimeOfDayIn = Annotated[time, BeforeValidator(_time_of_day_text), WithJsonSchema(TIME_OF_DAY_SCHEMA)]
+# What goes out is what `time.isoformat()` writes: "09:20:00", never an offset.
+TimeOfDayOut = Annotated[time, WithJsonSchema({"type": "string", "examples": ["09:20:00"]})]
 Exchange = Literal["NSE", "BSE", "NFO", "BFO", "CDS", "BCD", "MCX"]
 Product = Literal["CNC", "MIS", "NRML", "MTF"]
 WorkflowIdPath = Annotated[str, Path(min_length=1, max_length=200, description="e.g. order:12:3:entry")]
@@ -111,8 +166,8 @@ class CancelIn(StrictBody):
 
 class EmergencyStopIn(StrictBody):
     reason: Text
-    square_off: bool = Field(default=False, description="also sell every open position at market")
-    all_users: bool = Field(default=False, description="administrators only: stop every user's strategies")
+    square_off: Flag = Field(default=False, description="also sell every open position at market")
+    all_users: Flag = Field(default=False, description="administrators only: stop every user's strategies")
 
 
 class StrategyIn(StrictBody):
@@ -122,8 +177,8 @@ class StrategyIn(StrictBody):
     quantity: Quantity
     exchange: Exchange = "NSE"
     product: Product = "MIS"
-    entry_time: time | None = Field(default=None, description="HH:MM[:SS], Asia/Kolkata; the daily BUY")
-    exit_time: time | None = Field(default=None, description="HH:MM[:SS], Asia/Kolkata; the daily SELL")
+    entry_time: TimeOfDayIn | None = Field(default=None, description="HH:MM[:SS], Asia/Kolkata; the daily BUY")
+    exit_time: TimeOfDayIn | None = Field(default=None, description="HH:MM[:SS], Asia/Kolkata; the daily SELL")
     stop_loss_price: MoneyIn | None = None
     stop_loss_pct: PercentIn | None = None
 
@@ -137,8 +192,8 @@ class StrategyPatch(StrictBody):
     quantity: Quantity | None = None
     exchange: Exchange | None = None
     product: Product | None = None
-    entry_time: time | None = None
-    exit_time: time | None = None
+    entry_time: TimeOfDayIn | None = None
+    exit_time: TimeOfDayIn | None = None
     stop_loss_price: MoneyIn | None = None
     stop_loss_pct: PercentIn | None = None
 
@@ -150,7 +205,7 @@ class StopIn(StrictBody):
 class ScheduleOut(BaseModel):
     schedule_id: str
     leg: str
-    at: time | None
+    at: TimeOfDayOut | None
     paused: bool
     note: str | None
     next_runs: list[datetime]
@@ -171,8 +226,8 @@ class StrategyOut(BaseModel):
     exchange: str
     quantity: int
     product: str
-    entry_time: time | None
-    exit_time: time | None
+    entry_time: TimeOfDayOut | None
+    exit_time: TimeOfDayOut | None
     stop_loss_price: MoneyOut | None
     stop_loss_pct: MoneyOut | None
     status: str

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 from temporalio.client import WorkflowFailureError
 
 from apps.api.deps import ServicesDep, UserDep, owned_order, owned_strategy, requested_by
@@ -15,7 +14,9 @@ from apps.api.errors import ERROR_RESPONSES, ORDER_RESPONSES, ApiError
 from apps.api.schemas import (
     CancelIn,
     CancelOut,
+    HistoryCursor,
     HistoryItemOut,
+    HistoryMoment,
     HistoryPageOut,
     ManualOrderIn,
     OrderAcceptedOut,
@@ -154,10 +155,10 @@ async def history(
     strategy_id: Annotated[int | None, Query(gt=0, le=MAX_ID)] = None,
     status_: Annotated[Literal["ATTEMPTING", "SUCCESS", "FAILED", "ERROR"] | None, Query(alias="status")] = None,
     order_type: Annotated[Literal["BUY", "SELL", "SL_SELL"] | None, Query()] = None,
-    since: Annotated[AwareDatetime | None, Query(description="inclusive, with a time zone")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="exclusive, with a time zone")] = None,
+    since: Annotated[HistoryMoment, Query(description="inclusive, with a time zone")] = None,
+    until: Annotated[HistoryMoment, Query(description="exclusive, with a time zone")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_\-=]+$")] = None,
+    cursor: Annotated[HistoryCursor, Query(max_length=200, pattern=r"^[A-Za-z0-9_\-=]+$")] = None,
 ) -> HistoryPageOut:
     page = await services.store.order_history(
         HistoryQuery(
