@@ -75,7 +75,8 @@ def test_every_package_of_the_project_has_a_layer() -> None:
 
 def test_the_check_sees_upward_and_sideways_imports(tmp_path: Path) -> None:
     (tmp_path / "engine").mkdir()
-    (tmp_path / "engine" / "ids.py").write_text("import json\n\ndef f():\n    from starter.orders import OrderStarter\n")
+    late_import = "import json\n\ndef f():\n    from starter.orders import OrderStarter\n"
+    (tmp_path / "engine" / "ids.py").write_text(late_import)
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "orders.py").write_text("from brokers.base import is_terminal\nfrom engine import ids\n")
 
