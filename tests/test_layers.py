@@ -54,7 +54,7 @@ def layer_violations(root: Path, package: str) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("package", sorted(LAYERS, key=LAYERS.__getitem__))
+@pytest.mark.parametrize("package", [package for package, _ in sorted(LAYERS.items(), key=lambda item: item[1])])
 def test_a_package_imports_only_the_layers_below_it(package: str) -> None:
     assert layer_violations(ROOT, package) == []
 
