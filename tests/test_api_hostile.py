@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -182,3 +183,15 @@ async def test_every_answer_carries_the_security_headers(engine: Engine, api: ht
     for answer in answers:
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert answer.headers["cache-control"] == "no-store"
+
+
+async def test_the_docs_need_no_network(api: httpx.AsyncClient) -> None:
+    page = await api.get("/docs")
+    redoc = await api.get("/redoc")
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text + redoc.text)
+
+    assert page.status_code == redoc.status_code == 200
+    assert assets and not [url for url in assets if "://" in url]
+    for url in {url for url in assets if url.startswith("/")}:
+        fetched = await api.get(url)
+        assert fetched.status_code == 200 and len(fetched.content) > 1000, url

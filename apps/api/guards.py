@@ -20,6 +20,7 @@ from store.errors import StoreUnavailable
 
 # Requests anyone may make: the health probe and the API's own documentation.
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles, served from the wheel
 MAX_BODY_BYTES = 64 * 1024  # the largest body any route takes is a strategy: well under 2 KiB
 FAILED_AUTH_LIMIT = 20  # failed authentications per client address ...
 FAILED_AUTH_WINDOW_SECONDS = 60.0  # ... in this window, then 429 until the oldest failure leaves it
@@ -29,6 +30,10 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
 }
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 class FailedAuthentications:
@@ -76,7 +81,7 @@ class RequestGuard:
             await self._refuse(scope, receive, send, status.HTTP_413_CONTENT_TOO_LARGE,
                                f"the request body must be at most {self.max_body_bytes} bytes")
             return
-        if scope["path"] not in PUBLIC_PATHS:
+        if not is_public(scope["path"]):
             client = scope["client"][0] if scope.get("client") else "unknown"
             wait = self.failures.retry_after(client)
             if wait is not None:

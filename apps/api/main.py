@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from temporalio.client import Client
 
 from apps.api.errors import install_error_handlers
-from apps.api.guards import RequestGuard
+from apps.api.guards import DOCS_ASSETS, RequestGuard
 from apps.api.routers import control, health, orders, strategies
 from engine.settings import Settings
 from starter.deps import Services
@@ -49,7 +50,9 @@ def create_app(
                 app.state.services = None
                 await opened.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from assets shipped in the wheel: the docs work with no route to a CDN.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="Execution engine API",
         version="1.0",
         summary="Orders, strategies and controls of the order execution engine (NSE/BSE through Kite).",
