@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.paper",
     "tests.fixtures.db",
     "tests.fixtures.temporal",
+    "tests.fixtures.cli",
 ]

@@ -3,54 +3,17 @@ environment like in production) against the real dev server, PostgreSQL and the 
 
 from __future__ import annotations
 
-import asyncio
-import io
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
-from rich.console import Console
 
 from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE
-from apps.cli.main import main
-from dev.devserver import DevServer
+from tests.fixtures.cli import Operator
 from tests.fixtures.ports import free_port
 from tests.fixtures.temporal import Engine
-from tests.test_api import schedules_removed_afterwards
 
 API_KEY = re.compile(r"kee_[0-9a-f]+_[A-Za-z0-9_\-]+")
-
-
-@dataclass
-class Run:
-    code: int
-    output: str
-
-
-class Operator:
-    """Runs `engine ...` as an operator would, and keeps what it printed."""
-
-    async def __call__(self, *argv: str) -> Run:
-        buffer = io.StringIO()
-        console = Console(file=buffer, width=250, color_system=None, force_terminal=False)
-        code = await asyncio.to_thread(main, list(argv), console)
-        return Run(code, buffer.getvalue())
-
-
-@pytest.fixture
-async def engine_cli(
-    engine: Engine, engine_db_url: str, engine_secret_key: str, temporal_server: DevServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Operator]:
-    monkeypatch.setenv("DATABASE_URL", engine_db_url)
-    monkeypatch.setenv("ENGINE_SECRET_KEY", engine_secret_key)
-    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_server.address)
-    monkeypatch.setenv("TASK_QUEUE", engine.settings.task_queue)
-    monkeypatch.delenv("PAYLOAD_CODEC_KEYS", raising=False)
-    async with schedules_removed_afterwards(engine):
-        yield Operator()
 
 
 async def user_with_account(engine: Engine, cli: Operator, name: str, paper_key: str) -> tuple[int, int, str]:

@@ -29,10 +29,12 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
 async def users_create(cli: Cli, args: argparse.Namespace) -> int:
     user, api_key = await cli.store.create_user(args.name, is_admin=args.admin)
-    cli.console.print(pairs_table("User created", [("id", user.id), ("name", user.username),
+    cli.show(pairs_table("User created", [("id", user.id), ("name", user.username),
                                                     ("admin", "yes" if user.is_admin else "no")]))
     cli.say("API key (shown only now; keep it secret):")
-    cli.console.print(api_key, markup=False, highlight=False, soft_wrap=True)
+    if not cli.json_output:
+        cli.console.print(api_key, markup=False, highlight=False, soft_wrap=True)
+    cli.data({"id": user.id, "name": user.username, "admin": user.is_admin, "api_key": api_key})
     return OK
 
 
@@ -44,4 +46,6 @@ async def accounts_add(cli: Cli, args: argparse.Namespace) -> int:
     )
     token = "with today's access token" if account.has_access_token else "without an access token yet"
     cli.say(f"broker account {account.id} ({account.broker}) added for user {account.user_id}, {token}")
+    cli.data({"id": account.id, "user_id": account.user_id, "broker": account.broker,
+              "has_access_token": account.has_access_token})
     return OK

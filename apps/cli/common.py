@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -93,11 +95,38 @@ def pairs_table(title: str, rows: Sequence[tuple[str, Any]]) -> Table:
     return table
 
 
+def as_json(value: Any) -> Any:
+    """Plain JSON of the API's own response models (the same field names and money as strings)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [as_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_json(item) for key, item in value.items()}
+    return value
+
+
+def print_json(console: Console, value: Any) -> None:
+    console.print(json.dumps(as_json(value)), markup=False, highlight=False, soft_wrap=True)
+
+
 class Cli:
-    def __init__(self, services: Services, console: Console):
+    """What a command runs with. With `--json` it prints one JSON document and no prose or tables."""
+
+    def __init__(self, services: Services, console: Console, *, json_output: bool = False):
         self.services = services
         self.console = console
         self.store = services.store
+        self.json_output = json_output
 
     def say(self, message: str) -> None:
-        self.console.print(message)
+        if not self.json_output:
+            self.console.print(message)
+
+    def show(self, renderable: Any) -> None:
+        if not self.json_output:
+            self.console.print(renderable)
+
+    def data(self, value: Any) -> None:
+        if self.json_output:
+            print_json(self.console, value)

@@ -6,6 +6,7 @@ import argparse
 
 from rich.table import Table
 
+from apps.api.schemas import EmergencyStopOut, InterventionOut, StrategyOut
 from apps.cli.common import OK, OPERATOR, Cli, positive_int, text
 from starter.control import start_emergency_stop
 from starter.deps import temporal_call
@@ -40,13 +41,15 @@ async def interventions_list(cli: Cli, args: argparse.Namespace) -> int:
             str(item.id), str(item.user_id), item.name, item.symbol, str(item.open_quantity),
             text(item.intervention_at), item.intervention_reason or "", item.last_error or "",
         )
-    cli.console.print(table)
+    cli.show(table)
+    cli.data([InterventionOut.of(item) for item in pending])
     return OK
 
 
 async def interventions_clear(cli: Cli, args: argparse.Namespace) -> int:
     strategy = await cli.store.clear_intervention(args.strategy_id, OPERATOR)
     cli.say(f"intervention on strategy {strategy.id} cleared; start it again when ready")
+    cli.data(StrategyOut.of(strategy))
     return OK
 
 
@@ -63,4 +66,5 @@ async def emergency_stop(cli: Cli, args: argparse.Namespace) -> int:
     )
     scope = "every user's" if args.all else f"user {args.user}'s"
     cli.say(f"emergency stop of {scope} strategies started: [bold]{workflow_id}[/bold]")
+    cli.data(EmergencyStopOut(workflow_id=workflow_id, message=f"emergency stop of {scope} strategies started"))
     return OK

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from apps.cli import accounts, control, orders, strategies
-from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, UNAVAILABLE, Cli, Command
+from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, UNAVAILABLE, Cli, Command, print_json
 from engine.errors import DuplicateOrderError
 from engine.settings import Settings
 from starter.control import (
@@ -46,7 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for group in (strategies, orders, control, accounts):
         group.add_commands(groups)
+    for command in _leaves(parser):
+        command.add_argument("--json", action="store_true", help="print one JSON document (docs/cli.md)")
     return parser
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of whole commands (`strategies list`, `history`, ...), not of command groups."""
+    children = [
+        child
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for child in action.choices.values()
+    ]
+    if not children:
+        return [parser]
+    return [leaf for child in children for leaf in _leaves(child)]
 
 
 async def run(argv: Sequence[str], console: Console, services: Services | None = None) -> int:
@@ -56,29 +71,33 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    json_output = bool(getattr(args, "json", False))
     opened = None
     try:
         if services is None:
             opened = services = await Services.open(Settings())
         command: Command = args.run
-        return await command(Cli(services, console), args)
+        return await command(Cli(services, console, json_output=json_output), args)
     except DuplicateOrderError as duplicate:
-        return _fail(console, CONFLICT, str(duplicate))
+        return _fail(console, CONFLICT, json_output, str(duplicate))
     except (OrderAlreadyFinished, OrderInFlight, StrategyNotRunning, EmergencyStopRefused) as conflict:
-        return _fail(console, CONFLICT, str(conflict))
+        return _fail(console, CONFLICT, json_output, str(conflict))
     except (UnknownOrder, NotFound) as missing:
-        return _fail(console, NOT_FOUND, str(missing))
+        return _fail(console, NOT_FOUND, json_output, str(missing))
     except (TemporalUnavailable, StoreUnavailable, EmergencyStopUnconfirmed) as unavailable:
-        return _fail(console, UNAVAILABLE, str(unavailable))
+        return _fail(console, UNAVAILABLE, json_output, str(unavailable))
     except (InvalidInput, InvalidControlRequest, StoreError, ValueError) as refused:
-        return _fail(console, FAILED, str(refused))
+        return _fail(console, FAILED, json_output, str(refused))
     finally:
         if opened is not None:
             await opened.close()
 
 
-def _fail(console: Console, code: int, message: str) -> int:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+def _fail(console: Console, code: int, json_output: bool, message: str) -> int:
+    if json_output:
+        print_json(console, {"error": message, "exit_code": code})
+    else:
+        console.print(f"[red]error:[/red] {message}", highlight=False)
     return code
 
 

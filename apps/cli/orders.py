@@ -8,6 +8,7 @@ from datetime import timedelta
 from rich.table import Table
 from temporalio.client import WorkflowFailureError
 
+from apps.api.schemas import CancelOut, HistoryItemOut, HistoryPageOut, OrderStatusOut
 from apps.cli.common import (
     CONFLICT,
     FAILED,
@@ -40,7 +41,8 @@ def order_status_table(report: OrderStatus) -> Table:
             ("broker status", report.broker_status),
             ("filled", f"{report.filled_quantity} of {text(report.quantity)}"),
             ("average price", report.average_price),
-            ("cancel requested", "yes" if report.cancel_requested else "no"),
+            # A finished order's status comes from its result, which does not say whether a cancel was asked.
+            ("cancel requested", "-" if report.finished else ("yes" if report.cancel_requested else "no")),
             ("message", report.message),
             ("needs intervention", "yes" if report.needs_intervention else "no"),
             ("answered by", report.answered_by + (f" ({report.note})" if report.note else "")),
@@ -95,6 +97,7 @@ async def order_place(cli: Cli, args: argparse.Namespace) -> int:
     cli.say(f"{order_type} started: [bold]{handle.id}[/bold]")
     if not args.wait:
         cli.say(f"follow it with: engine order status {handle.id}")
+        cli.data({"workflow_id": handle.id, "status": None})
         return OK
     with cli.console.status(f"waiting for {handle.id} (up to {args.timeout:g}s)..."):
         try:
@@ -104,18 +107,22 @@ async def order_place(cli: Cli, args: argparse.Namespace) -> int:
         except TemporalUnavailable:
             cli.say(f"[yellow]not finished after {args.timeout:g}s; it goes on[/yellow]")
     report = await cli.services.order_status(handle.id)
-    cli.console.print(order_status_table(report))
+    cli.show(order_status_table(report))
+    cli.data({"workflow_id": handle.id, "status": OrderStatusOut.of(report)})
     return FAILED if report.outcome in FAILED_OUTCOMES else OK
 
 
 async def order_status(cli: Cli, args: argparse.Namespace) -> int:
-    cli.console.print(order_status_table(await cli.services.order_status(args.workflow_id)))
+    report = await cli.services.order_status(args.workflow_id)
+    cli.show(order_status_table(report))
+    cli.data(OrderStatusOut.of(report))
     return OK
 
 
 async def order_cancel(cli: Cli, args: argparse.Namespace) -> int:
     with cli.console.status(f"cancelling {args.workflow_id}..."):
         outcome = await cli.services.cancel_order(args.workflow_id, f"{args.reason} ({OPERATOR})")
+    cli.data(CancelOut(workflow_id=outcome.workflow_id, accepted=outcome.accepted, message=outcome.message))
     if outcome.accepted is None:
         cli.say(f"[yellow]{outcome.message}[/yellow]")
     elif not outcome.accepted:
@@ -141,7 +148,8 @@ async def history(cli: Cli, args: argparse.Namespace) -> int:
             text(item.attempted_at), split_order_key(item.workflow_id)[0] or "-", str(item.strategy_id),
             item.order_type, item.status, text(item.execution_time_ms), item.error_message or "",
         )
-    cli.console.print(table)
+    cli.show(table)
+    cli.data(HistoryPageOut(items=[HistoryItemOut.of(item) for item in page.items], next_cursor=page.next_cursor))
     if page.next_cursor:
         cli.say(f"more: engine history --cursor {page.next_cursor} (same filters)")
     return OK

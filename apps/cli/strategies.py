@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
+from apps.api.schemas import StrategyOut
 from apps.cli.common import OK, OPERATOR, Cli, positive_decimal, positive_int, text, time_of_day
 from starter.deps import temporal_call
 from store.errors import InvalidInput
@@ -65,7 +66,8 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
 async def strategies_list(cli: Cli, args: argparse.Namespace) -> int:
     strategies = await cli.store.list_strategies(args.user, args.status)
-    cli.console.print(strategies_table(strategies))
+    cli.show(strategies_table(strategies))
+    cli.data([StrategyOut.of(strategy) for strategy in strategies])
     return OK
 
 
@@ -80,29 +82,30 @@ async def strategies_create(cli: Cli, args: argparse.Namespace) -> int:
             exit_time=args.exit, stop_loss_price=args.stop_loss_price, stop_loss_pct=args.stop_loss_pct,
         )
     )
-    cli.console.print(strategies_table([strategy]))
+    cli.show(strategies_table([strategy]))
     cli.say(f"created strategy {strategy.id}, STOPPED; start it with: engine strategies start {strategy.id}")
+    cli.data(StrategyOut.of(strategy))
     return OK
 
 
 async def strategies_show(cli: Cli, args: argparse.Namespace) -> int:
     strategy = await cli.store.get_strategy(args.strategy_id)
-    cli.console.print(strategies_table([strategy]))
-    await _print_schedules(cli, strategy.id)
+    cli.show(strategies_table([strategy]))
+    await _print_schedules(cli, strategy)
     return OK
 
 
 async def strategies_start(cli: Cli, args: argparse.Namespace) -> int:
     strategy = await cli.services.start_strategy(args.strategy_id, f"started by {OPERATOR}")
-    cli.console.print(strategies_table([strategy]))
-    await _print_schedules(cli, strategy.id)
+    cli.show(strategies_table([strategy]))
+    await _print_schedules(cli, strategy)
     return OK
 
 
 async def strategies_stop(cli: Cli, args: argparse.Namespace) -> int:
     strategy = await cli.services.stop_strategy(args.strategy_id, f"{args.reason} ({OPERATOR})")
-    cli.console.print(strategies_table([strategy]))
-    await _print_schedules(cli, strategy.id)
+    cli.show(strategies_table([strategy]))
+    await _print_schedules(cli, strategy)
     return OK
 
 
@@ -112,13 +115,21 @@ async def strategies_sync_schedules(cli: Cli, args: argparse.Namespace) -> int:
         "update the schedules", cli.services.schedules.sync_all(strategies), timeout=None
     )
     cli.say(f"schedules of {count} strategies brought up to date")
+    cli.data({"strategies": count})
     return OK
 
 
-async def _print_schedules(cli: Cli, strategy_id: int) -> None:
-    views = await temporal_call("read the schedules", cli.services.schedules.describe(strategy_id))
+async def _print_schedules(cli: Cli, strategy: StrategyRecord) -> None:
+    views = await temporal_call("read the schedules", cli.services.schedules.describe(strategy.id))
+    cli.data(StrategyOut.of(strategy, views))
     if not views:
-        cli.say("no schedules (no entry or exit time set)")
+        if strategy.entry_time is None and strategy.exit_time is None:
+            cli.say("no schedules: the strategy has no entry or exit time")
+        else:
+            cli.say(
+                "no schedules in Temporal for its entry/exit times yet: they are made when the strategy "
+                f"starts (engine strategies start {strategy.id}) or by engine strategies sync-schedules"
+            )
         return
     table = Table(title="Schedules")
     for column in ("schedule", "at (IST)", "state", "next runs"):
@@ -127,4 +138,4 @@ async def _print_schedules(cli: Cli, strategy_id: int) -> None:
         state = f"paused: {view.note}" if view.paused else "active"
         runs = ", ".join(text(moment) for moment in view.next_runs) or "-"
         table.add_row(view.schedule_id, text(view.at), state, runs)
-    cli.console.print(table)
+    cli.show(table)
