@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
 
     # Observability (docs/operations.md). The worker's Prometheus endpoints; a port of 0 turns one off.
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # reachable from other hosts only when configured (docs/operations.md)
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     temporal_metrics_port: int = Field(default=9465, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"

@@ -344,3 +344,9 @@ def test_published_ports_bind_to_loopback(services: dict[str, dict[str, Any]]) -
     for name, spec in services.items():
         for port in spec.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_metrics_listen_on_localhost_unless_configured(services: dict[str, dict[str, Any]]) -> None:
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+    assert environment(services["worker"])["METRICS_HOST"] == "0.0.0.0"  # the compose network, not the host
+    assert "ports" not in services["worker"]
