@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -22,6 +22,7 @@ from store.errors import (
     BrokerAccountNotFound,
     ConcurrentUpdate,
     OrderNotFound,
+    SchemaOutOfDate,
     StoreUnavailable,
     StrategyNotFound,
     UserNotFound,
@@ -87,6 +88,20 @@ class StoreBase:
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (alembic upgrade head)."""
         await migrations.upgrade(self._engine, "head")
+
+    async def schema_revision(self) -> tuple[str | None, str]:
+        """(the database's revision, the newest this code knows); StoreUnavailable when unreachable."""
+        try:
+            current = await migrations.current_revision(self._engine)
+        except (DBAPIError, PoolTimeout, OSError) as exc:  # refused, unknown database, bad password, ...
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        return current, migrations.head_revision()
+
+    async def require_current_schema(self) -> None:
+        """Raise SchemaOutOfDate unless the database is at the newest revision."""
+        current, head = await self.schema_revision()
+        if current != head:
+            raise SchemaOutOfDate(current, head)
 
     async def close(self) -> None:
         await self._engine.dispose()

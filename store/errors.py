@@ -87,3 +87,13 @@ class StoreUnavailable(StoreError):
     """The database could not be reached or answered with a transient failure."""
 
     retryable = True
+
+
+class SchemaOutOfDate(StoreError):
+    """The database's schema is not the one this code needs: it was never migrated, or it is behind."""
+
+    def __init__(self, current: str | None, head: str):
+        self.current = current
+        self.head = head
+        where = "has no schema yet (never migrated)" if current is None else f"is at schema revision {current}"
+        super().__init__(f"the database {where}; this engine needs {head}: run `engine db upgrade`")

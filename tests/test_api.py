@@ -20,6 +20,7 @@ from apps.api.main import create_app
 from engine.temporal import data_converter
 from starter.schedules import StrategySchedules
 from store import Store
+from store.migrate import head_revision
 from store.records import StrategySpec, UserRecord
 from tests.fixtures.db import trade
 from tests.fixtures.ports import free_port
@@ -511,7 +512,10 @@ async def test_health_and_openapi_docs(engine: Engine, api: httpx.AsyncClient) -
     schema = await api.get("/openapi.json")
     docs = await api.get("/docs")
 
-    assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "temporal": "ok"}
+    assert health.status_code == 200 and health.json() == {
+        "status": "ok", "database": "ok", "temporal": "ok", "schema_revision": head_revision(),
+        "schema_head": head_revision(),
+    }
     assert schema.status_code == 200 and "/execution/order/{workflow_id}/status" in schema.json()["paths"]
     assert docs.status_code == 200
 

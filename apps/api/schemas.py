@@ -399,3 +399,5 @@ class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     database: str
     temporal: str
+    schema_revision: str | None = Field(description="the database's migration revision; null if never migrated")
+    schema_head: str = Field(description="the newest revision this engine knows; behind it, health fails")

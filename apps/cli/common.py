@@ -17,7 +17,7 @@ from rich.table import Table
 from engine.models import Outcome
 from starter.deps import Services
 
-OK, FAILED, USAGE, NOT_FOUND, CONFLICT, UNAVAILABLE = 0, 1, 2, 3, 4, 5
+OK, FAILED, USAGE, NOT_FOUND, CONFLICT, UNAVAILABLE, SCHEMA_BEHIND = 0, 1, 2, 3, 4, 5, 6
 FAILED_OUTCOMES = frozenset({Outcome.INVALID, Outcome.REJECTED, Outcome.FAILED, Outcome.UNRESOLVED})
 DEFAULT_WAIT_SECONDS = 120.0
 OPERATOR = f"cli:{os.environ.get('USER', 'operator')}"[:64]

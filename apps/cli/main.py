@@ -12,7 +12,8 @@ TEMPORAL_ADDRESS, TASK_QUEUE, ...).
     engine history --strategy 1
 
 Exit codes: 0 done; 1 the order or the request was refused or failed; 2 wrong usage; 3 not found;
-4 duplicate or conflict; 5 Temporal or the database unreachable.
+4 duplicate or conflict; 5 Temporal or the database unreachable; 6 the database's schema is missing or
+behind (run `engine db upgrade`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from apps.cli import accounts, control, orders, strategies
-from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, UNAVAILABLE, Cli, Command, print_json
+from apps.cli import accounts, control, database, orders, strategies
+from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, SCHEMA_BEHIND, UNAVAILABLE, Cli, Command, print_json
 from engine.errors import DuplicateOrderError
 from engine.settings import Settings
 from starter.control import (
@@ -36,7 +37,7 @@ from starter.control import (
     UnknownOrder,
 )
 from starter.deps import Services, StrategyNotRunning, TemporalUnavailable
-from store.errors import InvalidInput, NotFound, OrderInFlight, StoreError, StoreUnavailable
+from store.errors import InvalidInput, NotFound, OrderInFlight, SchemaOutOfDate, StoreError, StoreUnavailable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="engine", description="Operate the order execution engine (Temporal + Kite)."
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    for group in (strategies, orders, control, accounts):
+    for group in (strategies, orders, control, accounts, database):
         group.add_commands(groups)
     for command in _leaves(parser):
         command.add_argument("--json", action="store_true", help="print one JSON document (docs/cli.md)")
@@ -76,6 +77,8 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
     try:
         if services is None:
             opened = services = await Services.open(Settings())
+        if args.group != "db":
+            await services.store.require_current_schema()
         command: Command = args.run
         return await command(Cli(services, console, json_output=json_output), args)
     except DuplicateOrderError as duplicate:
@@ -84,6 +87,8 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         return _fail(console, CONFLICT, json_output, str(conflict))
     except (UnknownOrder, NotFound) as missing:
         return _fail(console, NOT_FOUND, json_output, str(missing))
+    except SchemaOutOfDate as behind:
+        return _fail(console, SCHEMA_BEHIND, json_output, str(behind))
     except (TemporalUnavailable, StoreUnavailable, EmergencyStopUnconfirmed) as unavailable:
         return _fail(console, UNAVAILABLE, json_output, str(unavailable))
     except (InvalidInput, InvalidControlRequest, StoreError, ValueError) as refused:

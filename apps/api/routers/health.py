@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from apps.api.deps import ServicesDep
 from apps.api.schemas import HealthOut
 from starter.deps import Services, temporal_call
+from store.errors import SchemaOutOfDate, StoreUnavailable
+from store.migrate import head_revision
 
 router = APIRouter(tags=["health"])
 
@@ -23,9 +25,21 @@ router = APIRouter(tags=["health"])
 )
 async def health(services: ServicesDep) -> JSONResponse:
     database = await _probe(_database_ping(services))
+    revision, head = None, head_revision()
+    if database == "ok":
+        try:
+            revision, head = await services.store.schema_revision()
+        except StoreUnavailable as down:
+            database = f"unreachable: {down}"
+        else:
+            if revision != head:
+                database = str(SchemaOutOfDate(revision, head))
     temporal = await _probe(temporal_call("health check", services.client.service_client.check_health()))
     healthy = database == temporal == "ok"
-    answer = HealthOut(status="ok" if healthy else "degraded", database=database, temporal=temporal)
+    answer = HealthOut(
+        status="ok" if healthy else "degraded", database=database, temporal=temporal,
+        schema_revision=revision, schema_head=head,
+    )
     code = status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(status_code=code, content=answer.model_dump())
 
