@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import signal
 import socket
 import sys
+import time as time_module
 import uuid
 from datetime import time
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import quote
 
 from apps.worker import build_worker
@@ -39,14 +43,72 @@ STOP_LOSS = Decimal("2450.00")
 QUANTITY = 10
 
 
-def port_or_free(preferred: int) -> int:
+# Fixed, printed ports (README); DEMO_*_PORT moves one when another program holds it.
+PORTS = {"temporal": ("DEMO_TEMPORAL_PORT", 7233), "ui": ("DEMO_UI_PORT", 8233), "paper": ("DEMO_PAPER_PORT", 8700)}
+STATE_FILE = DATA_DIR / "demo.json"  # the running demo's pid, its dev server's pid and its ports
+
+
+def demo_ports() -> dict[str, int]:
+    return {name: int(os.environ.get(variable, default)) for name, (variable, default) in PORTS.items()}
+
+
+def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no owner
         try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
+            sock.bind(("127.0.0.1", port))
         except OSError:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+            return True
+    return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_dev_server(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(part.endswith(b"temporal") for part in command) and b"start-dev" in command
+
+
+def previous_demo() -> dict[str, int] | None:
+    """The demo still running from this folder, if any. A crashed one's dev server, still holding
+    data/temporal.db, is stopped here: two dev servers on one SQLite file fail with SQLITE_BUSY."""
+    try:
+        state = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+    if alive(state["pid"]):
+        return dict(state)
+    orphan = state.get("temporal_pid")
+    if orphan and alive(orphan) and is_dev_server(orphan):
+        say(f"A previous demo (pid {state['pid']}) ended without stopping its dev server: stopping pid {orphan}")
+        os.kill(orphan, signal.SIGTERM)
+        for _ in range(100):
+            if not alive(orphan):
+                break
+            time_module.sleep(0.1)
+    STATE_FILE.unlink(missing_ok=True)
+    return None
+
+
+def environment_for(settings: Settings, server: DevServer) -> list[str]:
+    """What the CLI and the API need to work against the stack that is still up."""
+    return [
+        f"export DATABASE_URL={settings.database_url}",
+        f"export TEMPORAL_ADDRESS={server.address}",
+        f"export KITE_ROOT={settings.kite_root}",
+        "export ENFORCE_MARKET_HOURS=false",
+    ]
 
 
 def say(text: str = "") -> None:
@@ -73,9 +135,20 @@ def show_result(label: str, result: OrderResult) -> None:
 async def run_demo() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     DATA_DIR.mkdir(exist_ok=True)
-    temporal_port = port_or_free(7233)
-    ui_port = port_or_free(8233)
-    paper_port = port_or_free(8700)
+    running = previous_demo()
+    if running is not None:
+        say(f"A demo is already running from this folder (pid {running['pid']}):")
+        say(f"   Temporal UI   http://127.0.0.1:{running['ui']}")
+        say(f"   paper broker  http://127.0.0.1:{running['paper']}")
+        say(f"Use it, or stop it first: Ctrl-C in its terminal, or kill {running['pid']}")
+        return 3
+    ports = demo_ports()
+    taken = [f"{port} ({name})" for name, port in ports.items() if port_in_use(port)]
+    if taken:
+        say(f"Port {', '.join(taken)} is in use by another program: stop it, or move the demo with "
+            + ", ".join(f"{variable}=..." for variable, _ in PORTS.values()))
+        return 3
+    temporal_port, ui_port, paper_port = ports["temporal"], ports["ui"], ports["paper"]
     os.environ.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{DATA_DIR}/engine.db")
     settings = Settings(
         enforce_market_hours=False,
@@ -88,11 +161,16 @@ async def run_demo() -> int:
     server = DevServer(
         port=temporal_port, ui_port=ui_port, db_file=str(DATA_DIR / "temporal.db"),
         log_file=str(DATA_DIR / "temporal.log"),
-    ).start()
+    )
     paper = PaperBrokerServer(host="127.0.0.1", port=paper_port)
-    paper.start()
-    store = await Store.connect(settings.database_url, settings.engine_secret_key)
-    try:
+    store: Store | None = None
+    try:  # whatever started is stopped again, however the demo ends
+        server.start()
+        STATE_FILE.write_text(json.dumps({
+            "pid": os.getpid(), "temporal_pid": server.process.pid if server.process else None, **ports,
+        }))
+        paper.start()
+        store = await Store.connect(settings.database_url, settings.engine_secret_key)
         await store.migrate()
         await server.wait_for_frontend()
         client = await connect(server.address, environ={})
@@ -115,14 +193,29 @@ async def run_demo() -> int:
             if os.environ.get("DEMO_EXIT") == "1":
                 return 0 if ok else 1
             say()
-            say("The stack stays up for inspection; Ctrl-C stops it.")
+            say("The stack stays up for inspection; Ctrl-C stops it. Meanwhile, in another shell:")
+            for line in environment_for(settings, server):
+                say(f"   {line}")
+            say("   .venv/bin/engine strategies list          # the CLI against this stack")
+            say("   .venv/bin/uvicorn apps.api.main:app       # the HTTP API against it")
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
             return 0 if ok else 1
     finally:
-        await store.close()
-        paper.stop()
-        server.stop()
+        await tear_down(store, paper, server)
+
+
+async def tear_down(store: Store | None, paper: PaperBrokerServer, server: DevServer) -> None:
+    """Each part stopped on its own: one that fails to stop does not keep the others running."""
+    try:
+        if store is not None:
+            await store.close()
+    finally:
+        try:
+            paper.stop()
+        finally:
+            server.stop()
+            STATE_FILE.unlink(missing_ok=True)
 
 
 async def scenario(
