@@ -17,7 +17,7 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from temporalio.client import Client
 
 from apps.api.main import create_app
@@ -31,6 +31,8 @@ from store import Store, StrategySpec
 from tests.fixtures.ports import free_port
 
 MAX_EXAMPLES = 12
+STATEFUL_EXAMPLES = 15
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 START_TIMEOUT_SECONDS = 10.0
 
 
@@ -171,8 +173,34 @@ def test_no_request_makes_the_api_fail(case: schemathesis.Case, fuzz_target: Fuz
     case.call_and_validate(
         base_url=fuzz_target.base_url,
         headers={"Authorization": f"Bearer {fuzz_target.api_key}"},
-        checks=[not_a_server_error, response_schema_conformance],
+        checks=CHECKS,
         timeout=30,
+    )
+
+
+def test_sequences_of_requests_keep_the_api_whole(fuzz_target: FuzzTarget) -> None:
+    """The stateful phase: chains of calls along the links Schemathesis infers (a strategy created, then
+    read, changed, started, stopped; an order placed, then its status read and a cancel sent)."""
+    machine = schema.as_state_machine()
+
+    class Statefully(machine):  # type: ignore[valid-type,misc]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
+            aim_half_at_the_users_own(case, fuzz_target)
+            return {
+                "base_url": fuzz_target.base_url,
+                "headers": {"Authorization": f"Bearer {fuzz_target.api_key}"},
+                "timeout": 30,
+            }
+
+        def validate_response(self, response: object, case: schemathesis.Case, **kwargs: object) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    assert machine.bundles, "Schemathesis found no links between the API's operations: nothing to chain"
+    Statefully.run(
+        settings=settings(
+            max_examples=STATEFUL_EXAMPLES, stateful_step_count=6, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck),
+        )
     )
 
 
