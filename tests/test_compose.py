@@ -3,6 +3,7 @@ images, and that every setting the stack passes is one the code reads (and every
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ EXPECTED_SERVICES = {
     "temporal-namespace",
     "temporal-search-attributes",
     "temporal-ui",
+    "prometheus",
     "migrate",
     "worker",
     "api",
@@ -106,7 +108,7 @@ def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]])
         image = spec.get("image", "")
         tag = image_tag(image)
         assert tag, f"{name}: image {image!r} has no tag"
-        assert tag != "latest" and re.match(r"^\d+\.\d+(\.\d+)?", tag), f"{name}: {image!r} is not pinned"
+        assert tag != "latest" and re.match(r"^v?\d+\.\d+(\.\d+)?", tag), f"{name}: {image!r} is not pinned"
 
 
 def test_dockerfile_base_is_pinned_and_runs_as_non_root() -> None:
@@ -133,7 +135,8 @@ def test_engine_image_is_built_here_and_runs_the_right_commands(services: dict[s
     assert all(spec["build"]["context"] == "." for spec in engine.values())
     assert services["worker"]["command"] == ["python", "worker.py"]
     assert services["api"]["command"] == [
-        "uvicorn", "apps.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header"
+        "uvicorn", "apps.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header",
+        "--log-config", "deploy/logging/uvicorn.json",
     ]
     assert services["codec-server"]["command"][:2] == ["uvicorn", "apps.codec_server:app"]
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
@@ -266,11 +269,11 @@ def test_dependencies_wait_for_health_and_finished_jobs(services: dict[str, dict
 
 
 def test_long_running_services_have_healthchecks_or_are_watched(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("postgres", "temporal", "api", "codec-server"):
+    for name in ("postgres", "temporal", "api", "codec-server", "prometheus"):
         assert services[name]["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
     for name, spec in services.items():
         if spec.get("restart") == "unless-stopped":
-            assert name in {"postgres", "temporal", "temporal-ui", "worker", "api", "codec-server"}
+            assert name in {"postgres", "temporal", "temporal-ui", "worker", "api", "codec-server", "prometheus"}
 
 
 def test_temporal_runs_on_postgres_with_its_dynamic_config(services: dict[str, dict[str, Any]]) -> None:
@@ -350,3 +353,34 @@ def test_metrics_listen_on_localhost_unless_configured(services: dict[str, dict[
     assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
     assert environment(services["worker"])["METRICS_HOST"] == "0.0.0.0"  # the compose network, not the host
     assert "ports" not in services["worker"]
+
+
+def test_prometheus_scrapes_every_worker_replica(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    mounted = [volume for volume in prometheus["volumes"] if volume.startswith("./deploy/prometheus/")]
+
+    assert mounted == ["./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"]
+    targets = {
+        job["job_name"]: (job["dns_sd_configs"][0]["names"], job["dns_sd_configs"][0]["port"])
+        for job in config["scrape_configs"]
+    }
+    assert targets == {"engine-worker": (["worker"], 9464), "temporal-sdk": (["worker"], 9465)}
+    assert set(services["worker"]["expose"]) == {"9464", "9465"}
+
+
+@pytest.mark.parametrize("service", ["api", "codec-server"])
+def test_http_services_log_json(services: dict[str, dict[str, Any]], service: str) -> None:
+    command = services[service]["command"]
+    config = command[command.index("--log-config") + 1]
+    code = (
+        "import json, logging, logging.config, sys; "
+        f"logging.config.dictConfig(json.load(open({config!r}))); "
+        "logging.getLogger('uvicorn.access').info('%s - \"%s %s HTTP/%s\" %d', '10.0.0.1:5', 'GET', '/health', "
+        "'1.1', 200)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    line = json.loads(done.stderr.strip().splitlines()[-1])
+    assert (line["logger"], line["level"]) == ("uvicorn.access", "INFO")
+    assert "GET /health" in line["message"]
