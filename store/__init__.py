@@ -1,7 +1,7 @@
 """Persistence: users, broker accounts, strategies, orders and their audit trail.
 
 PostgreSQL (asyncpg) in production and tests, SQLite (aiosqlite) as the embedded default; the
-schema is managed by Alembic (`migrations/`).
+schema is managed by Alembic (`store/migrations/`).
 """
 
 from store.errors import (

@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.errors import InvalidInput
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# The revisions ship inside the package, so `engine db upgrade` works from an installed wheel; a
+# checkout's alembic.ini (for the `alembic` command) is read when there is one.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+ALEMBIC_INI = MIGRATIONS_DIR.parent.parent / "alembic.ini"
 # pg_advisory_xact_lock key held while migrating, so concurrent starts do not race.
 MIGRATION_LOCK_ID = 0x6B69746573746F72
 # Alembic keeps its migration context in module globals: one command at a time per process.

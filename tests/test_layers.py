@@ -2,7 +2,7 @@
 
     engine       core types: ids, models, settings, errors, order states, market hours, Temporal wiring
     brokers      the broker interface, the Kite adapter, the paper broker   (beside store, not on it)
-    store        models, migrations' tables, the repository                 (beside brokers, not on it)
+    store        models, migrations (store/migrations), the repository      (beside brokers, not on it)
     activities   every side effect of a workflow
     workflows    deterministic code only
     starter      the library that starts work: orders, controls, schedules, the stop-loss listener
@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "apps": 5,
     "dev": 6,
 }
-# Alembic's environment and revisions read the store's tables and the settings, nothing more.
+# Alembic's environment and revisions (inside store/) read the store's tables and the settings, nothing more.
 MIGRATIONS_MAY_IMPORT = {"engine", "store"}
 
 
@@ -62,7 +62,7 @@ def test_a_package_imports_only_the_layers_below_it(package: str) -> None:
 def test_migrations_import_only_the_store_and_the_settings() -> None:
     wrong = [
         f"{path.relative_to(ROOT)} imports {imported}"
-        for path in sorted((ROOT / "migrations").rglob("*.py"))
+        for path in sorted((ROOT / "store" / "migrations").rglob("*.py"))
         for imported in sorted(project_imports(path) - MIGRATIONS_MAY_IMPORT)
     ]
     assert wrong == []

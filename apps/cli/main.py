@@ -75,10 +75,11 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
     json_output = bool(getattr(args, "json", False))
     opened = None
     try:
+        if args.group == "db":
+            return await database.run_schema_command(args, console, json_output)
         if services is None:
             opened = services = await Services.open(Settings())
-        if args.group != "db":
-            await services.store.require_current_schema()
+        await services.store.require_current_schema()
         command: Command = args.run
         return await command(Cli(services, console, json_output=json_output), args)
     except DuplicateOrderError as duplicate:
