@@ -207,7 +207,7 @@ class ScheduleOut(BaseModel):
     at: time | None
     paused: bool
     note: str | None
-    next_runs: list[datetime]
+    next_runs: list[datetime] = Field(description="the next times it fires, in Asia/Kolkata; none while paused")
 
     @classmethod
     def of(cls, view: ScheduleView) -> ScheduleOut:
@@ -848,9 +848,7 @@ def _add_strategy_routes(app: FastAPI) -> None:
         changes = body.model_dump(exclude_unset=True)
         if changes.get("broker_account_id") is not None:
             await _owned_account(services, user, changes["broker_account_id"])
-        record = await services.store.update_strategy(strategy_id, **changes)
-        if {"entry_time", "exit_time"} & changes.keys():
-            await services.sync_schedules(record)
+        record = await services.update_strategy(strategy_id, **changes)  # undone if the schedules cannot follow
         return StrategyOut.of(record)
 
     @app.post(

@@ -345,11 +345,11 @@ class Cli:
             self.say("no schedules (no entry or exit time set)")
             return
         table = Table(title="Schedules")
-        for column in ("schedule", "at (IST)", "state", "next runs"):
+        for column in ("schedule", "at (IST)", "state", "next runs (IST)"):
             table.add_column(column)
         for view in views:
             state = f"paused: {view.note}" if view.paused else "active"
-            runs = ", ".join(_text(moment) for moment in view.next_runs) or "-"
+            runs = ", ".join(_text(moment) for moment in view.next_runs) or ("none: paused" if view.paused else "-")
             table.add_row(view.schedule_id, _text(view.at), state, runs)
         self.console.print(table)
 
