@@ -251,15 +251,22 @@ class ControlActivities:
         """A market SELL of each stopped strategy's open position, as an ordinary order workflow.
 
         Idempotent: the SELL's workflow id is the position's exit leg, so a retry finds the order it
-        started before instead of starting another."""
+        started before instead of starting another. An exit already working is waited for instead."""
         started: list[OrderRun] = []
         problems: list[str] = []
         for strategy_id in request.strategy_ids:
             try:
                 strategy = await self.store.get_strategy(strategy_id)
+                working = None
+                if strategy.active_order_workflow_id:
+                    working = await self.store.get_order(strategy.active_order_workflow_id)
             except StoreError as error:
                 raise _refusal(error) from None
             if strategy.open_quantity <= 0:
+                continue
+            if working is not None and working.order_type != OrderType.BUY.value:
+                # An exit already works (a stop-loss, another stop's square-off): wait for it, no second SELL.
+                started.append(OrderRun.from_order_key(working.workflow_id))
                 continue
             # The open position's exit leg, the id every SELL and SL_SELL of this position shares.
             workflow_id = order_workflow_id(strategy.id, strategy.position_cycle, OrderType.SELL)

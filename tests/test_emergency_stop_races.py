@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -206,3 +207,39 @@ async def interrupted_lost_placement(engine: Engine, interruption: str) -> None:
     if report is not None:
         assert report.orders_cancelled == []
         assert [(e.workflow_id, e.filled_quantity) for e in report.orders_filled_before_cancel] == [(buy.id, 4)]
+
+
+@pytest.mark.parametrize("square_off", [False, True])
+async def test_a_stop_leaves_a_working_stop_loss_to_finish(
+    temporal_client: Client, engine_store: Store, paper_process: PaperBrokerProcess, square_off: bool
+) -> None:
+    async with engine_apart(temporal_client, engine_store, paper_process, order_timeout_seconds=60) as engine:
+        await stop_during_a_stop_loss(engine, square_off)
+
+
+async def stop_during_a_stop_loss(engine: Engine, square_off: bool) -> None:
+    api_key = f"protected-{square_off}"
+    strategy = await engine.strategy("TCS", quantity=5, api_key=api_key)
+    await (await engine.starter.place_buy_order(strategy)).result()
+    engine.paper.control.set_fill(delay_seconds=6)  # the stop-loss SELL rests at the broker a while
+    stop_loss = await engine.starter.place_sl_sell_order(await engine.store.get_strategy(strategy.id), Decimal("2400"))
+    await wait_until(lambda: len(broker_orders(engine, api_key)) == 2, "the stop-loss at the broker")
+
+    stop_id = await start_emergency_stop(
+        engine.client, engine.settings, user_id=strategy.user_id, square_off=square_off, reason="halt",
+        requested_by="alice",
+    )
+    report = await wait_for_emergency_stop(engine.client, stop_id)
+    ended = await order_end(stop_loss)
+    after = await engine.store.get_strategy(strategy.id)
+
+    assert [r for r in engine.paper.control.requests() if r["route"] == "cancel_order"] == []
+    assert report.exits_left_working == [stop_loss.id] and report.orders_cancelled == []
+    if square_off:  # the square-off is the stop-loss already working: it waits for it, sends no second SELL
+        assert [(e.workflow_id, e.outcome, e.filled_quantity) for e in report.squared_off] == [
+            (stop_loss.id, Outcome.FILLED.value, 5)
+        ]
+    assert (ended.outcome, ended.filled_quantity) == (Outcome.FILLED, 5)
+    assert len([o for o in broker_orders(engine, api_key) if o["side"] == "SELL"]) == 1
+    assert (after.status, after.position, after.exit_reason) == ("STOPPED", "FLAT", "STOP_LOSS")
+    assert report.problems == []
