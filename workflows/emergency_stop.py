@@ -1,8 +1,9 @@
 """EmergencyStopWorkflow: stop a user's strategies (or everyone's) at once, then clean up durably.
 
 stop the strategies (one transaction: no new order passes validation from here on) → pause their
-schedules → cancel their orders in flight and wait for them to end → optionally square off open
-positions with ordinary order workflows → CRITICAL alert.
+schedules → cancel their entries in flight and wait for them to end (exits keep working: they are
+what a stop is for) → optionally square off open positions no exit covers, with ordinary order
+workflows → CRITICAL alert.
 
 Its id is `emergency-stop:user:{id}` or `emergency-stop:all`, started with conflict policy
 USE_EXISTING: pressing the button twice joins the stop already running, and a stop after a finished
