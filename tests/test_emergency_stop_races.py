@@ -243,3 +243,33 @@ async def stop_during_a_stop_loss(engine: Engine, square_off: bool) -> None:
     assert len([o for o in broker_orders(engine, api_key) if o["side"] == "SELL"]) == 1
     assert (after.status, after.position, after.exit_reason) == ("STOPPED", "FLAT", "STOP_LOSS")
     assert report.problems == []
+
+
+async def test_a_cancel_during_a_lost_placement_answer_cancels_the_order_at_the_broker(
+    temporal_client: Client, engine_store: Store, paper_process: PaperBrokerProcess
+) -> None:
+    async with engine_apart(temporal_client, engine_store, paper_process, broker_http_timeout_seconds=7) as engine:
+        await cancel_during_a_lost_answer_of_a_resting_order(engine)
+
+
+async def cancel_during_a_lost_answer_of_a_resting_order(engine: Engine) -> None:
+    api_key = "lost-resting"
+    strategy = await engine.strategy("ITC", quantity=6, api_key=api_key)
+    engine.paper.control.set_fill(delay_seconds=60)  # the BUY rests at the broker
+    engine.paper.control.add_fault("accept_then_timeout", route="place_order", count=1, seconds=12)
+    _, account_id = await engine.account(api_key)
+    await engine.store.reserve_send_slot(account_id, timedelta(seconds=3))  # as above: outlive the task
+
+    buy = await engine.starter.place_buy_order(strategy)
+    await wait_until(lambda: broker_orders(engine, api_key), "the BUY at the broker")
+    await buy.signal("cancel", "changed my mind")
+    end = await order_end(buy)
+    after = await engine.store.get_strategy(strategy.id)
+
+    [at_broker] = broker_orders(engine, api_key)
+    # Found by its tag, then cancelled at the broker: nothing is left open that the store does not know.
+    assert (at_broker["status"], at_broker["filled_quantity"]) == ("CANCELLED", 0)
+    assert (end.outcome, end.broker_order_id) == (Outcome.CANCELLED, at_broker["order_id"])
+    cancels = [r for r in engine.paper.control.requests() if r["route"] == "cancel_order"]
+    assert [r["order_id"] for r in cancels] == [at_broker["order_id"]]
+    assert (after.position, after.open_quantity, after.needs_intervention) == ("FLAT", 0, False)
