@@ -77,6 +77,16 @@ class StoppedStrategy(BaseModel):
     user_id: int
     open_quantity: int
     order_in_flight: OrderRun | None = None
+    # BUY, SELL or SL_SELL: a stop cancels entries and leaves exits working.
+    order_in_flight_type: str | None = None
+
+    @property
+    def entry_in_flight(self) -> OrderRun | None:
+        return self.order_in_flight if self.order_in_flight_type == OrderType.BUY.value else None
+
+    @property
+    def exit_in_flight(self) -> OrderRun | None:
+        return self.order_in_flight if self.order_in_flight_type != OrderType.BUY.value else None
 
 
 class StoppedStrategies(BaseModel):
@@ -153,20 +163,19 @@ class ControlActivities:
         reason = f"emergency stop by {request.requested_by}: {request.reason}"
         try:
             records = await self.store.stop_strategies(request.user_id, reason)
+            strategies = []
+            for record in records:
+                stopped = StoppedStrategy(strategy_id=record.id, user_id=record.user_id,
+                                          open_quantity=record.open_quantity)
+                if record.active_order_workflow_id:
+                    order = await self.store.get_order(record.active_order_workflow_id)
+                    stopped.order_in_flight = OrderRun.from_order_key(record.active_order_workflow_id)
+                    stopped.order_in_flight_type = order.order_type
+                strategies.append(stopped)
         except StoreError as error:
             raise _refusal(error) from None
         return StoppedStrategies(
-            strategies=[
-                StoppedStrategy(
-                    strategy_id=record.id,
-                    user_id=record.user_id,
-                    open_quantity=record.open_quantity,
-                    order_in_flight=OrderRun.from_order_key(record.active_order_workflow_id)
-                    if record.active_order_workflow_id
-                    else None,
-                )
-                for record in records
-            ],
+            strategies=strategies,
             stopped_at=max((r.stopped_at for r in records if r.stopped_at), default=datetime.now(UTC)),
         )
 
@@ -189,18 +198,16 @@ class ControlActivities:
 
     @activity.defn(name="cancel_orders_in_flight")
     async def cancel_orders(self, request: CancelOrders) -> list[OrderRun]:
-        """Signal `cancel` to each order run; returns those still running when signalled."""
-        signalled = []
+        """Signal `cancel` to each order run; returns them all, those that ended before the signal too:
+        the stop reports how each one ended."""
         for order in request.orders:
             handle = self.client.get_workflow_handle(order.workflow_id, run_id=order.run_id)
             try:
                 await handle.signal("cancel", request.reason)
             except RPCError as error:
-                if error.status == RPCStatusCode.NOT_FOUND:  # that run has already ended
-                    continue
-                raise
-            signalled.append(order)
-        return signalled
+                if error.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: that run has already ended
+                    raise
+        return list(request.orders)
 
     @activity.defn(name="wait_for_orders_to_end")
     async def wait_for_orders(self, request: WaitForOrders) -> list[OrderEnd]:
@@ -244,15 +251,22 @@ class ControlActivities:
         """A market SELL of each stopped strategy's open position, as an ordinary order workflow.
 
         Idempotent: the SELL's workflow id is the position's exit leg, so a retry finds the order it
-        started before instead of starting another."""
+        started before instead of starting another. An exit already working is waited for instead."""
         started: list[OrderRun] = []
         problems: list[str] = []
         for strategy_id in request.strategy_ids:
             try:
                 strategy = await self.store.get_strategy(strategy_id)
+                working = None
+                if strategy.active_order_workflow_id:
+                    working = await self.store.get_order(strategy.active_order_workflow_id)
             except StoreError as error:
                 raise _refusal(error) from None
             if strategy.open_quantity <= 0:
+                continue
+            if working is not None and working.order_type != OrderType.BUY.value:
+                # An exit already works (a stop-loss, another stop's square-off): wait for it, no second SELL.
+                started.append(OrderRun.from_order_key(working.workflow_id))
                 continue
             # The open position's exit leg, the id every SELL and SL_SELL of this position shares.
             workflow_id = order_workflow_id(strategy.id, strategy.position_cycle, OrderType.SELL)

@@ -45,7 +45,7 @@ from engine.models import (
 from engine.order_state import supersedes
 from engine.settings import Settings
 from store import Store
-from store.errors import CredentialsMissing, OrderInFlight, StoreError, StrategyNotFound
+from store.errors import CredentialsMissing, EntryStopped, OrderInFlight, StoreError, StrategyNotFound
 from store.records import BrokerCredentials, Fill, NewOrder, StrategyRecord
 
 log = logging.getLogger(__name__)
@@ -298,15 +298,19 @@ class OrderActivities:
         )
         await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
-        previous_send = await self.store.start_placement(ticket.order_key, sent_at)
-        if previous_send is not None:
-            # An earlier attempt (a retry, or a replay after a crash) may have reached the broker.
-            existing = await self._adopt_placed(ticket, broker, previous_send)
-            if existing is not None:
-                return existing
-            await self.pacer.wait_turn(ticket.broker_account_id)
-            sent_at = _now()
-            await self.store.set_placement_started(ticket.order_key, sent_at)
+        try:
+            # The last check before the broker: a strategy stopped while this entry queued sends nothing.
+            previous_send = await self.store.start_placement(ticket.order_key, sent_at)
+            if previous_send is not None:
+                # An earlier attempt (a retry, or a replay after a crash) may have reached the broker.
+                existing = await self._adopt_placed(ticket, broker, previous_send)
+                if existing is not None:
+                    return existing
+                await self.pacer.wait_turn(ticket.broker_account_id)
+                sent_at = _now()
+                await self.store.set_placement_started(ticket.order_key, sent_at)
+        except EntryStopped as stopped:
+            raise ApplicationError(str(stopped), type=errors.ENTRY_STOPPED, non_retryable=True) from None
         try:
             try:
                 order_id = await broker.place_order(order_request)

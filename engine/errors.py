@@ -26,4 +26,6 @@ BROKER_REFUSED = "BrokerRefused"
 SESSION_EXPIRED = "SessionExpired"
 BROKER_AMBIGUOUS = "BrokerAmbiguous"
 RATE_LIMITED = "RateLimited"
+# The strategy was stopped between an entry's validation and its send: nothing left for the broker.
+ENTRY_STOPPED = "EntryStopped"
 NOT_RETRYABLE = (VALIDATION_FAILED, ORDER_IN_FLIGHT, BROKER_REFUSED, SESSION_EXPIRED)

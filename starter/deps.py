@@ -8,6 +8,7 @@ bounded waits, and turn "Temporal unreachable" into one error class, `TemporalUn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -319,6 +320,23 @@ class Services:
 
     async def sync_schedules(self, strategy: StrategyRecord) -> None:
         await temporal_call("update the strategy's schedules", self.schedules.sync(strategy), timeout=None)
+
+    async def update_strategy(self, strategy_id: int, **changes: object) -> StrategyRecord:
+        """Change settings; new entry or exit times reach its schedules too, or the change is undone:
+        the store never holds a time its schedules do not fire at."""
+        before = await self.store.get_strategy(strategy_id)
+        strategy = await self.store.update_strategy(strategy_id, **changes)
+        if (strategy.entry_time, strategy.exit_time) == (before.entry_time, before.exit_time):
+            return strategy
+        try:
+            await self.sync_schedules(strategy)
+        except Exception:
+            undo = {name: getattr(before, name) for name in changes if getattr(before, name) != getattr(strategy, name)}
+            restored = await self.store.update_strategy(strategy_id, **undo)
+            with contextlib.suppress(Exception):  # a schedule already moved goes back, if Temporal answers
+                await temporal_call("restore the strategy's schedules", self.schedules.sync(restored))
+            raise
+        return strategy
 
 
 async def connect_lazily(address: str | None = None) -> Client:

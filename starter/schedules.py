@@ -130,7 +130,7 @@ class ScheduleView:
     at: time | None
     paused: bool
     note: str | None
-    next_runs: list[datetime]
+    next_runs: list[datetime]  # in Asia/Kolkata; none while paused
     actions_taken: int
     missed_catchup_window: int
 
@@ -151,6 +151,7 @@ class StrategySchedules:
             order_type=order_type,
             schedule_id=schedule_id(strategy.id, leg),
             max_delay_seconds=self.catchup_window.total_seconds(),
+            at=at,
         )
         paused = not should_fire(strategy)
         if paused and note is None:
@@ -228,6 +229,7 @@ class StrategySchedules:
                     continue
                 raise
             calendars = description.schedule.spec.calendars
+            paused = description.schedule.state.paused
             at = None
             if calendars:
                 first = calendars[0]
@@ -237,9 +239,10 @@ class StrategySchedules:
                     schedule_id=description.id,
                     leg=leg,
                     at=at,
-                    paused=description.schedule.state.paused,
+                    paused=paused,
                     note=description.schedule.state.note,
-                    next_runs=list(description.info.next_action_times[:3]),
+                    # A paused schedule runs nothing: its next times apply only once it is resumed.
+                    next_runs=[] if paused else [t.astimezone(IST) for t in description.info.next_action_times[:3]],
                     actions_taken=description.info.num_actions,
                     missed_catchup_window=description.info.num_actions_missed_catchup_window,
                 )
@@ -299,6 +302,15 @@ class ScheduledOrderActivities:
                 outcome=ScheduledOutcome.SKIPPED,
                 message=f"strategy {strategy.id} is {strategy.status}: no {request.order_type} sent",
             )
+        stale = stale_fire(strategy, request)
+        if stale is not None:
+            log.warning("schedule %s skipped: %s", request.schedule_id, stale)
+            return ScheduledOrderResult(outcome=ScheduledOutcome.SKIPPED, message=stale)
+        if request.order_type is not OrderType.BUY and strategy.open_quantity <= 0:
+            return ScheduledOrderResult(
+                outcome=ScheduledOutcome.SKIPPED,
+                message=f"strategy {strategy.id} holds no position: nothing to exit, no {request.order_type} sent",
+            )
         try:
             handle = await self.starter.start_order(
                 strategy,
@@ -319,6 +331,30 @@ class ScheduledOrderActivities:
             order_workflow_id=handle.id,
             message=f"{request.order_type} started as {handle.id}",
         )
+
+
+def stale_fire(strategy: StrategyRecord, request: ScheduledOrder) -> str | None:
+    """Why this fire is not the strategy's any more (its time was changed or cleared), or None.
+
+    The time a fire stands for is the one its schedule was made for; for a schedule made without it,
+    the time of day it was due."""
+    leg = Leg.ENTRY if request.order_type is OrderType.BUY else Leg.EXIT
+    current = strategy.entry_time if leg is Leg.ENTRY else strategy.exit_time
+    fired_for = request.at
+    if fired_for is None and request.due_at is not None:
+        fired_for = request.due_at.astimezone(IST).time().replace(microsecond=0)
+    due = f" (due {request.due_at.astimezone(IST).isoformat(timespec='seconds')})" if request.due_at else ""
+    if current is None:
+        return (
+            f"strategy {strategy.id} has no {leg.value} time any more: schedule {request.schedule_id}{due} "
+            f"is stale, no {request.order_type} sent"
+        )
+    if fired_for is not None and fired_for != current:
+        return (
+            f"schedule {request.schedule_id} fired for {fired_for.isoformat()} IST{due}, but strategy {strategy.id}'s "
+            f"{leg.value} time is {current.isoformat()}: stale, no {request.order_type} sent"
+        )
+    return None
 
 
 def _activity_failure(error: StoreError) -> ApplicationError:

@@ -57,6 +57,19 @@ class OrderInFlight(StoreError):
         self.active_workflow_id = active_workflow_id
 
 
+class EntryStopped(StoreError):
+    """The strategy was stopped after its entry passed validation and before the entry left for the
+    broker: nothing was sent. (Exits still go: they are what a stop is for.)"""
+
+    def __init__(self, strategy_id: int, workflow_id: str, status: str, why: str | None):
+        super().__init__(
+            f"strategy {strategy_id} is {status}" + (f" ({why})" if why else "")
+            + f": its BUY {workflow_id} was not sent to the broker"
+        )
+        self.strategy_id = strategy_id
+        self.workflow_id = workflow_id
+
+
 class FillMismatch(StoreError):
     """A fill that cannot belong to its order or position (more than requested, more than held)."""
 

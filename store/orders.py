@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from engine.order_state import is_terminal
 from store import validation as check
 from store.base import StoreBase, strategy_record, to_record, utc_now
-from store.errors import FillMismatch, InvalidInput, OrderInFlight, PlacementConflict
+from store.errors import EntryStopped, FillMismatch, InvalidInput, OrderInFlight, PlacementConflict
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
 from store.records import (
     ORDER_STATUS_NEW,
@@ -252,7 +252,10 @@ class OrdersMixin(StoreBase):
         workflow_id = _workflow_id(workflow_id)
         sent = check.optional_aware_datetime(sent_at, "sent_at")
         async with self._write() as session:
-            order = await self._order_row(session, workflow_id, lock=True)
+            if sent is None:
+                order = await self._order_row(session, workflow_id, lock=True)
+            else:
+                order = await self._may_send(session, workflow_id)
             if order.placement_sent_at == sent:
                 return
             now = utc_now()
@@ -268,13 +271,22 @@ class OrdersMixin(StoreBase):
         workflow_id = _workflow_id(workflow_id)
         sent = check.aware_datetime(sent_at, "sent_at")
         async with self._write() as session:
-            order = await self._order_row(session, workflow_id, lock=True)
+            order = await self._may_send(session, workflow_id)
             if order.placement_sent_at is not None:
                 return order.placement_sent_at
             now = utc_now()
             order.placement_sent_at, order.updated_at = sent, now
             session.add(_event(order, OrderEventType.PLACEMENT_SENT, {"sent_at": sent}, now))
             return None
+
+    async def _may_send(self, session: AsyncSession, workflow_id: str) -> Order:
+        """The order, locked with its strategy, if its request may leave now: the last check before
+        the broker. Under the strategy's lock, so an emergency stop commits either before it (and the
+        entry is not sent) or after the send was stamped (and the stop cancels it at the broker)."""
+        order, strategy = await self._lock_order_and_strategy(session, workflow_id)
+        if order.order_type == OrderType.BUY and strategy.status != StrategyStatus.RUNNING:
+            raise EntryStopped(strategy.id, workflow_id, strategy.status, strategy.stop_reason)
+        return order
 
     async def placement_started_at(self, workflow_id: str) -> datetime | None:
         async with self._read() as session:

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time as clock
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, time, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.client import (
     Client,
+    Schedule,
     ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     ScheduleRange,
+    ScheduleSpec,
 )
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
@@ -25,6 +30,8 @@ from brokers.paper.testing import PaperBrokerServer
 from engine.ids import OrderType
 from engine.models import OrderResult, Outcome
 from engine.settings import Settings
+from engine.temporal import data_converter
+from starter.api import create_app
 from starter.deps import Services
 from starter.schedules import (
     Leg,
@@ -34,9 +41,10 @@ from starter.schedules import (
     trading_day_spec,
 )
 from store import HistoryQuery, Store
-from store.records import StrategyRecord
+from store.records import StrategyRecord, StrategySpec
+from tests.fixtures.ports import free_port
 from tests.fixtures.temporal import Engine, make_engine
-from tests.test_api import schedules_removed_afterwards
+from tests.test_api import api_user, schedules_removed_afterwards
 from workflows.scheduled import ScheduledOrder, ScheduledOrderResult, ScheduledOrderWorkflow, ScheduledOutcome
 
 HOLIDAYS = "2026-01-26,2026-03-03"
@@ -261,3 +269,106 @@ async def test_a_stopped_strategy_or_a_missed_time_sends_nothing(scheduling: Eng
     assert broker_orders(scheduling) == []  # the paper broker was reset for this test
     for strategy in (stopped, running):
         assert (await scheduling.store.order_history(HistoryQuery(strategy_id=strategy.id))).items == []
+
+
+async def test_a_time_change_the_schedules_cannot_follow_is_undone(engine: Engine) -> None:
+    alice = await api_user(engine, "alice")
+    strategy = await engine.store.create_strategy(
+        StrategySpec(user_id=alice.user.id, broker_account_id=alice.account_id, name=f"moved-{uuid.uuid4().hex[:6]}",
+                     symbol="INFY", quantity=2, entry_time=time(9, 20), exit_time=time(15, 10))
+    )
+    async with schedules_removed_afterwards(engine):
+        schedules = StrategySchedules(engine.client, engine.settings)
+        await schedules.sync(strategy)
+        nowhere = await Client.connect(f"127.0.0.1:{free_port()}", lazy=True, data_converter=data_converter({}))
+        app = create_app(engine.settings, nowhere, engine.store)
+        path = f"/strategies/{strategy.id}"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+            moved = await api.patch(path, json={"entry_time": "09:45", "quantity": 4}, headers=alice.headers)
+            cleared = await api.patch(path, json={"exit_time": None}, headers=alice.headers)
+        after = await engine.store.get_strategy(strategy.id)
+        fired_at = [view.at for view in await schedules.describe(strategy.id)]
+
+    assert [moved.status_code, cleared.status_code] == [503, 503]
+    assert "Temporal is unreachable" in moved.json()["detail"]
+    # The store keeps what the schedules fire at: the change was undone, all of it.
+    assert (after.entry_time, after.exit_time, after.quantity) == (time(9, 20), time(15, 10), strategy.quantity)
+    assert fired_at == [time(9, 20), time(15, 10)]
+
+
+async def test_a_fire_for_a_time_the_strategy_no_longer_has_sends_nothing(scheduling: Engine) -> None:
+    strategy = await scheduling.strategy("INFY", quantity=2)  # entry 09:20, exit 15:10
+    await (await scheduling.starter.place_buy_order(strategy)).result()
+    schedules = StrategySchedules(scheduling.client, scheduling.settings)
+    await schedules.sync(await scheduling.store.get_strategy(strategy.id))
+    # The store moved on without the schedules (their update failed): entry 09:30, no exit time.
+    await scheduling.store.update_strategy(strategy.id, entry_time=time(9, 30), exit_time=None)
+    entry = scheduling.client.get_schedule_handle(schedule_id(strategy.id, Leg.ENTRY))
+    exit_ = scheduling.client.get_schedule_handle(schedule_id(strategy.id, Leg.EXIT))
+    sent_before = len(broker_orders(scheduling))
+
+    await entry.trigger()
+    await exit_.trigger()
+    [on_entry] = await scheduled_results(scheduling.client, entry.id, 1)
+    [on_exit] = await scheduled_results(scheduling.client, exit_.id, 1)
+
+    assert on_entry.outcome is ScheduledOutcome.SKIPPED and on_entry.order_workflow_id is None
+    assert "fired for 09:20:00 IST" in on_entry.message and "entry time is 09:30:00" in on_entry.message
+    assert on_exit.outcome is ScheduledOutcome.SKIPPED and "no exit time any more" in on_exit.message
+    assert "due 2" in on_exit.message  # the fire's due time came down to the activity
+    assert len(broker_orders(scheduling)) == sent_before
+    after = await scheduling.store.get_strategy(strategy.id)
+    assert (after.position, after.open_quantity) == ("LONG", 2)  # the stale exit sold nothing
+
+
+async def test_a_schedule_made_without_its_time_is_judged_by_its_due_time(scheduling: Engine) -> None:
+    strategy = await scheduling.strategy("TCS")  # entry 09:20
+    identifier = schedule_id(strategy.id, Leg.ENTRY)
+    # As schedules were made before they carried their time: only the due time tells what a fire is for.
+    handle = await scheduling.client.create_schedule(
+        identifier,
+        Schedule(
+            action=ScheduleActionStartWorkflow(
+                ScheduledOrderWorkflow.run,
+                ScheduledOrder(strategy_id=strategy.id, order_type=OrderType.BUY, schedule_id=identifier),
+                id=identifier, task_queue=scheduling.settings.task_queue,
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=3650))]),
+        ),
+    )
+    await handle.trigger()  # due now, not at 09:20 IST
+    [result] = await scheduled_results(scheduling.client, identifier, 1)
+
+    assert result.outcome is ScheduledOutcome.SKIPPED and "entry time is 09:20:00" in result.message
+    assert broker_orders(scheduling) == []
+
+
+async def test_the_exit_schedule_with_nothing_to_exit_starts_no_order(scheduling: Engine) -> None:
+    strategy = await scheduling.strategy("WIPRO")  # never entered: the entry was rejected, say
+    await StrategySchedules(scheduling.client, scheduling.settings).sync(strategy)
+    exit_ = scheduling.client.get_schedule_handle(schedule_id(strategy.id, Leg.EXIT))
+
+    await exit_.trigger()
+    [result] = await scheduled_results(scheduling.client, exit_.id, 1)
+
+    assert result.outcome is ScheduledOutcome.SKIPPED and result.order_workflow_id is None
+    assert "nothing to exit" in result.message
+    orders = f'WorkflowType="OrderWorkflow" and StrategyId="{strategy.id}"'
+    assert [w async for w in scheduling.client.list_workflows(orders)] == []
+    assert (await scheduling.store.order_history(HistoryQuery(strategy_id=strategy.id))).items == []
+
+
+async def test_a_paused_schedule_lists_no_next_runs_and_next_runs_are_in_ist(scheduling: Engine) -> None:
+    services = Services.assemble(scheduling.settings, scheduling.client, scheduling.store)
+    strategy = await scheduling.strategy("HCLTECH", running=False)  # entry 09:20, exit 15:10
+    await services.sync_schedules(strategy)
+    paused = await services.schedules.describe(strategy.id)
+    await services.start_strategy(strategy.id, "test")
+    running = await services.schedules.describe(strategy.id)
+
+    assert [(view.paused, view.next_runs) for view in paused] == [(True, []), (True, [])]
+    entry_runs, exit_runs = (view.next_runs for view in running)
+    assert entry_runs and exit_runs
+    assert all(run.utcoffset() == timedelta(hours=5, minutes=30) for run in [*entry_runs, *exit_runs])
+    assert {(run.hour, run.minute) for run in entry_runs} == {(9, 20)}
+    assert {(run.hour, run.minute) for run in exit_runs} == {(15, 10)}

@@ -1,8 +1,9 @@
 """EmergencyStopWorkflow: stop a user's strategies (or everyone's) at once, then clean up durably.
 
 stop the strategies (one transaction: no new order passes validation from here on) → pause their
-schedules → cancel their orders in flight and wait for them to end → optionally square off open
-positions with ordinary order workflows → CRITICAL alert.
+schedules → cancel their entries in flight and wait for them to end (exits keep working: they are
+what a stop is for) → optionally square off open positions no exit covers, with ordinary order
+workflows → CRITICAL alert.
 
 Its id is `emergency-stop:user:{id}` or `emergency-stop:all`, started with conflict policy
 USE_EXISTING: pressing the button twice joins the stop already running, and a stop after a finished
@@ -68,6 +69,8 @@ class StopProgress(BaseModel):
     stopped_at: str | None = None
     schedules_paused: int | None = None
     orders_cancelled: list[OrderEnd] | None = None
+    orders_filled_before_cancel: list[OrderEnd] | None = None
+    exits_left_working: list[str] | None = None
     squared_off: list[OrderEnd] | None = None
     problems: list[str] = []
 
@@ -82,7 +85,12 @@ class EmergencyStopReport(BaseModel):
     strategies_stopped: list[int]
     stopped_at: str
     schedules_paused: int
+    # The entries in flight it cancelled, as each ended at the broker: cancelled with nothing filled...
     orders_cancelled: list[OrderEnd]
+    # ...or filled (wholly or in part) before the cancel reached it: the fill is kept and applied.
+    orders_filled_before_cancel: list[OrderEnd] = []
+    # Exits (SELL, SL_SELL, a square-off) it found working and left alone: exits are what a stop is for.
+    exits_left_working: list[str] = []
     squared_off: list[OrderEnd]
     problems: list[str]
 
@@ -195,10 +203,21 @@ class EmergencyStopWorkflow:
             retry_policy=STEP_RETRY,
         )
 
-        # 3. Cancel what is in flight and wait for each order to end (a raced fill is kept and applied).
+        # 3. Cancel the entries in flight and wait for each to end (a raced fill is kept and applied).
+        # Exits in flight keep working, whoever started them: a stop never undoes an exit.
         self._set_stage("cancelling orders in flight")
-        in_flight = [s.order_in_flight for s in stopped.strategies if s.order_in_flight is not None]
-        progress.orders_cancelled = cancelled = await self._cancel_and_wait(in_flight, request.reason)
+        entries = [s.entry_in_flight for s in stopped.strategies if s.entry_in_flight is not None]
+        progress.exits_left_working = exits = [
+            s.exit_in_flight.workflow_id for s in stopped.strategies if s.exit_in_flight is not None
+        ]
+        ended = await self._cancel_and_wait(entries, request.reason)
+        progress.orders_cancelled = cancelled = [end for end in ended if _cancelled(end)]
+        progress.orders_filled_before_cancel = filled = [end for end in ended if end.filled_quantity > 0]
+        progress.problems.extend(
+            f"order {end.workflow_id} ended {end.outcome or end.status}: {end.message or 'see the order'}"
+            for end in ended
+            if end.outcome in (None, "UNRESOLVED")
+        )
 
         progress.squared_off = squared_off = list[OrderEnd]()
         squared = False
@@ -219,6 +238,8 @@ class EmergencyStopWorkflow:
                 stopped_at=stopped_at,
                 schedules_paused=paused,
                 orders_cancelled=cancelled,
+                orders_filled_before_cancel=filled,
+                exits_left_working=exits,
                 squared_off=squared_off,
                 problems=list(progress.problems),
             )
@@ -286,12 +307,22 @@ def _message(error: FailureError) -> str:
     return cause.message if isinstance(cause, FailureError) else str(error)
 
 
+def _cancelled(end: OrderEnd) -> bool:
+    """Cancelled with nothing filled: at the broker, or before it left for the broker."""
+    return end.outcome == "CANCELLED" and end.filled_quantity == 0
+
+
 def _summary(report: EmergencyStopReport) -> str:
     parts = [
         f"{len(report.strategies_stopped)} strategies stopped by {report.requested_by} ({report.reason})",
         f"{report.schedules_paused} schedules paused",
-        f"{len(report.orders_cancelled)} orders in flight cancelled",
+        f"{len(report.orders_cancelled)} entries in flight cancelled",
     ]
+    if report.orders_filled_before_cancel:
+        held = sum(end.filled_quantity for end in report.orders_filled_before_cancel)
+        parts.append(f"{len(report.orders_filled_before_cancel)} entries filled before the cancel ({held} shares held)")
+    if report.exits_left_working:
+        parts.append(f"{len(report.exits_left_working)} exits left working")
     if report.squared_off:
         filled = sum(1 for end in report.squared_off if end.outcome == "FILLED")
         parts.append(f"{filled} of {len(report.squared_off)} positions squared off")

@@ -83,6 +83,12 @@ def _cause(error: BaseException) -> ApplicationError | None:
     return cause if isinstance(cause, ApplicationError) else None
 
 
+def _entry_stopped(error: FailureError | None) -> bool:
+    """The strategy was stopped before this entry left: nothing was sent."""
+    cause = _cause(error) if error is not None else None
+    return cause is not None and cause.type == errors.ENTRY_STOPPED
+
+
 @workflow.defn(name="OrderWorkflow")
 class OrderWorkflow:
     def __init__(self) -> None:
@@ -173,11 +179,18 @@ class OrderWorkflow:
             cause = _cause(first_failure) if first_failure is not None else None
             if cause is not None and cause.type in (errors.BROKER_REFUSED, errors.SESSION_EXPIRED):
                 return await self._end_unplaced(key, ticket, Outcome.FAILED, first_failure)
-            if self._cancel_requested:
-                return await self._end_unplaced(key, ticket, Outcome.CANCELLED, None)
-            placement = await self._place_with_retries(ticket)
+            if self._cancel_requested or _entry_stopped(first_failure):
+                # The first attempt may have reached the broker: its tag is looked up before anything ends.
+                placement = await self._find_placed(ticket)
+                if placement is None:
+                    why = first_failure if _entry_stopped(first_failure) else None
+                    return await self._end_unplaced(key, ticket, Outcome.CANCELLED, why)
+            else:
+                placement = await self._place_with_retries(ticket)
             if placement is None:
-                return await self._end_unplaced(key, ticket, Outcome.FAILED, self._placement_failure)
+                failure = self._placement_failure
+                outcome = Outcome.CANCELLED if _entry_stopped(failure) else Outcome.FAILED
+                return await self._end_unplaced(key, ticket, outcome, failure)
         self._broker_order_id = placement.broker_order_id
         workflow.upsert_search_attributes(
             [BROKER_ORDER_ID.value_set(placement.broker_order_id), ORDER_STATUS.value_set("PLACED")]
@@ -207,9 +220,15 @@ class OrderWorkflow:
         except FailureError as failed:
             self._placement_failure = failed
             cause = _cause(failed)
-            if cause is None or cause.type != errors.BROKER_AMBIGUOUS:
+            if cause is not None and cause.type in (errors.BROKER_REFUSED, errors.SESSION_EXPIRED):
                 return None
-        # The last attempt's outcome is unknown: nothing ends until the order book has been asked.
+        # The last attempt's outcome may be unknown: nothing ends until the order book has been asked.
+        return await self._find_placed(ticket)
+
+    async def _find_placed(self, ticket: OrderTicket) -> Placement | None:
+        """The order an earlier attempt placed, looked up by tag once its request's window has passed;
+        None at once when no attempt sent anything."""
+        policy = ticket.policy
         return await workflow.execute_local_activity_method(
             OrderActivities.find_placed_order,
             ticket,

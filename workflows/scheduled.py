@@ -9,7 +9,7 @@ schedule that fires twice meets the order workflow's id the second time: one ord
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -32,12 +32,18 @@ class ScheduledOrder(BaseModel):
     order_type: OrderType
     schedule_id: str
     max_delay_seconds: float = Field(default=60.0, gt=0)
+    # The time of day (IST) the schedule was made for: a fire counts only while the strategy still has it.
+    at: time | None = None
+    # Set by the workflow for its activity: the moment this fire was due, when a schedule started it.
+    due_at: datetime | None = None
 
 
 class ScheduledOutcome(StrEnum):
     STARTED = "STARTED"  # an order workflow was started
     ALREADY_HANDLED = "ALREADY_HANDLED"  # this leg's order workflow already exists: nothing new was sent
-    SKIPPED = "SKIPPED"  # the strategy is stopped or gone, or the due time has passed: no order
+    # No order: the strategy is stopped or gone, holds nothing to exit, no longer has this time, or the
+    # due time has passed.
+    SKIPPED = "SKIPPED"
 
 
 class ScheduledOrderResult(BaseModel):
@@ -61,7 +67,7 @@ class ScheduledOrderWorkflow:
             )
         return await workflow.execute_local_activity(
             START_SCHEDULED_ORDER,
-            request,
+            request.model_copy(update={"due_at": info.typed_search_attributes.get(SCHEDULED_START_TIME)}),
             result_type=ScheduledOrderResult,
             schedule_to_close_timeout=remaining,
             start_to_close_timeout=min(remaining, timedelta(seconds=15)),

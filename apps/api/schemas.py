@@ -208,7 +208,7 @@ class ScheduleOut(BaseModel):
     at: TimeOfDayOut | None
     paused: bool
     note: str | None
-    next_runs: list[datetime]
+    next_runs: list[datetime] = Field(description="the next times it fires, in Asia/Kolkata; none while paused")
 
     @classmethod
     def of(cls, view: ScheduleView) -> ScheduleOut:

@@ -132,10 +132,10 @@ async def _print_schedules(cli: Cli, strategy: StrategyRecord) -> None:
             )
         return
     table = Table(title="Schedules")
-    for column in ("schedule", "at (IST)", "state", "next runs"):
+    for column in ("schedule", "at (IST)", "state", "next runs (IST)"):
         table.add_column(column)
     for view in views:
         state = f"paused: {view.note}" if view.paused else "active"
-        runs = ", ".join(text(moment) for moment in view.next_runs) or "-"
+        runs = ", ".join(text(moment) for moment in view.next_runs) or ("none: paused" if view.paused else "-")
         table.add_row(view.schedule_id, text(view.at), state, runs)
     cli.show(table)

@@ -60,9 +60,7 @@ async def update_strategy(
     changes = body.model_dump(exclude_unset=True)
     if changes.get("broker_account_id") is not None:
         await owned_account(services, user, changes["broker_account_id"])
-    record = await services.store.update_strategy(strategy_id, **changes)
-    if {"entry_time", "exit_time"} & changes.keys():
-        await services.sync_schedules(record)
+    record = await services.update_strategy(strategy_id, **changes)  # undone if the schedules cannot follow
     return StrategyOut.of(record)
 
 
