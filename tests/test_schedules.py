@@ -25,13 +25,13 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
+from apps.api.main import create_app
 from apps.worker import WORKFLOWS, build_worker
 from brokers.paper.testing import PaperBrokerServer
 from engine.ids import OrderType
 from engine.models import OrderResult, Outcome
 from engine.settings import Settings
 from engine.temporal import data_converter
-from starter.api import create_app
 from starter.deps import Services
 from starter.schedules import (
     Leg,
