@@ -234,7 +234,7 @@ async def main() -> dict[str, Any]:
     database_url, pg_name = await make_database()
     secret_key = Fernet.generate_key().decode()
     paper_port = free_port()
-    paper = subprocess.Popen([sys.executable, "-m", "brokers.paper", "--port", str(paper_port),  # noqa: ASYNC220
+    paper = subprocess.Popen([sys.executable, "-m", "dev.paper_broker", "--port", str(paper_port),  # noqa: ASYNC220
                               "--fill-delay", "0.02", "--log-level", "warning"], cwd=ROOT)
     temporal = DevServer().start()
     store = await Store.connect(database_url, secret_key, pool_size=20)
