@@ -45,6 +45,7 @@ ENGINE_TAG = re.compile(r"E[A-Z2-7]{19}")
 READ_SPACING_SECONDS = 0.2
 # After cancelling an order nothing follows, how long to wait for the broker to confirm it.
 CANCEL_CONFIRM_SECONDS = 10.0
+MAX_REASON_LENGTH = 2000  # the store's limit for an intervention reason
 Instrument = tuple[str, str, str]  # exchange, symbol, product
 
 
@@ -96,6 +97,7 @@ class _Run:
         self.lines: list[ReportLine] = []
         self.reads = _ReadPacer()
         self.who = f"reconcile ({request.requested_by})"
+        self.flags: dict[int, list[str]] = {}
 
     def add(self, finding: Finding, verdict: Verdict, message: str, **fields: Any) -> ReportLine:
         line = ReportLine(finding=finding, verdict=verdict, message=message, **fields)
@@ -131,6 +133,7 @@ class ReconcileActivities:
                         f"{order.product} placed without the engine's tags ({order.status}); left alone",
                         broker_order_id=order.order_id, details=_broker_order_view(order))
         await self._compare_positions(run, strategies, book, positions)
+        await self._mark_flagged(run)
         report = ReconcileReport(
             account_id=request.account_id, dry_run=request.dry_run, requested_by=request.requested_by,
             started_at=started, finished_at=_now(), lines=run.lines,
@@ -343,7 +346,7 @@ class ReconcileActivities:
             name = f"{exchange}:{symbol} {product}"
             group = groups.get(instrument, [])
             at_broker = net.get(instrument, 0)
-            held = {s.id: s.open_quantity for s in group}
+            held = {str(s.id): s.open_quantity for s in group}
             in_store = sum(held.values())
             if not group:
                 if at_broker:
@@ -372,13 +375,22 @@ class ReconcileActivities:
     # Helpers
 
     async def _flag(self, run: _Run, strategy_id: int, reason: str) -> None:
-        """Mark the strategy for a person, once per reason: a repeated run changes nothing."""
+        """Note a reason to mark the strategy for a person; `_mark_flagged` marks it once per run."""
+        reasons = run.flags.setdefault(strategy_id, [])
+        if reason not in reasons:
+            reasons.append(reason)
+
+    async def _mark_flagged(self, run: _Run) -> None:
+        """One reason per strategy, all of this run's findings in it: a repeated run with the same
+        findings finds it already marked and changes nothing."""
         if run.request.dry_run:
             return
-        strategy = await self.store.get_strategy(strategy_id)
-        if reason in (strategy.intervention_reason, strategy.last_error) and strategy.needs_intervention:
-            return
-        await self.store.mark_intervention(strategy_id, reason)
+        for strategy_id, reasons in run.flags.items():
+            reason = ("reconcile: " + "; ".join(reasons))[:MAX_REASON_LENGTH]
+            strategy = await self.store.get_strategy(strategy_id)
+            if strategy.needs_intervention and reason in (strategy.intervention_reason, strategy.last_error):
+                continue
+            await self.store.mark_intervention(strategy_id, reason)
 
     async def _followed(self, order_key: str) -> bool:
         """Whether the order's own workflow run is still running."""
@@ -438,5 +450,5 @@ def _net_positions(positions: Iterable[Position]) -> dict[Instrument, int]:
     return dict(net)
 
 
-def _held_text(held: dict[int, int]) -> str:
+def _held_text(held: dict[str, int]) -> str:
     return ", ".join(f"strategy {strategy_id}: {quantity}" for strategy_id, quantity in held.items())

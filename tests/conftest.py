@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.ports",
     "tests.fixtures.paper",
+    "tests.fixtures.paper_process",
     "tests.fixtures.db",
     "tests.fixtures.temporal",
 ]
