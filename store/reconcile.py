@@ -232,8 +232,8 @@ class ReconcileMixin(StoreBase):
             session.add(OrderLog(
                 order_id=order.id, workflow_id=workflow_id, user_id=strategy.user_id, strategy_id=strategy.id,
                 order_type=OrderType.SELL, order_data={"placed_by": "broker", "product": strategy.product},
-                status=LogStatus.SUCCESS, result=result, attempted_at=filled_at, completed_at=now,
-                execution_time_ms=max(0, round((now - filled_at).total_seconds() * 1000)),
+                # Recorded when the reconcile found it: the history lists it after the orders before it.
+                status=LogStatus.SUCCESS, result=result, attempted_at=now, completed_at=now, execution_time_ms=0,
             ))
             strategy.exit_reason = ExitReason.BROKER_SQUARE_OFF
             before_pnl = strategy.realized_pnl
