@@ -38,6 +38,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateRPCTim
 from engine.errors import DuplicateOrderError
 from engine.ids import OrderType
 from engine.models import Outcome
+from engine.reconcile import ReconcileReport
 from engine.settings import Settings
 from starter.control import (
     EmergencyStopRefused,
@@ -57,6 +58,7 @@ from starter.deps import (
     strategy_id_of,
     temporal_call,
 )
+from starter.reconcile import ReconcileFailed, reconcile_account
 from starter.schedules import ScheduleView
 from store import Store
 from store.errors import (
@@ -605,6 +607,7 @@ def create_app(
     _add_control_routes(app)
     _add_strategy_routes(app)
     _add_health_route(app)
+    _add_reconcile_routes(app)
     return app
 
 
@@ -890,6 +893,49 @@ async def _owned_account(services: Services, user: UserRecord, account_id: int) 
         raise ApiError(
             status.HTTP_404_NOT_FOUND, f"broker account {account_id} does not exist; add it first or check the id"
         )
+
+
+def _add_reconcile_routes(app: FastAPI) -> None:
+    """Reconcile a broker account now, and its reports: for the account's owner and admins."""
+
+    async def allowed(services: Services, user: UserRecord, account_id: int) -> None:
+        if not user.is_admin:
+            await _owned_account(services, user, account_id)
+        else:
+            await services.store.get_broker_account(account_id)
+
+    @app.post(
+        "/accounts/{account_id}/reconcile",
+        response_model=ReconcileReport,
+        responses=ERROR_RESPONSES,
+        tags=["control"],
+        summary="Compare the broker's books with the store and repair what is explained (docs/control.md)",
+    )
+    async def reconcile(
+        account_id: Annotated[int, Path(gt=0, le=MAX_ID)], services: ServicesDep, user: UserDep, dry_run: bool = False
+    ) -> ReconcileReport:
+        await allowed(services, user, account_id)
+        try:
+            return await reconcile_account(
+                services.client, services.settings, account_id, dry_run=dry_run, requested_by=requested_by(user)
+            )
+        except ReconcileFailed as failed:
+            raise ApiError(status.HTTP_502_BAD_GATEWAY, str(failed)) from None
+
+    @app.get(
+        "/accounts/{account_id}/reconcile-reports",
+        response_model=list[ReconcileReport],
+        responses=ERROR_RESPONSES,
+        tags=["control"],
+        summary="The account's latest reconcile reports, newest first",
+    )
+    async def reconcile_reports(
+        account_id: Annotated[int, Path(gt=0, le=MAX_ID)], services: ServicesDep, user: UserDep,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> list[ReconcileReport]:
+        await allowed(services, user, account_id)
+        rows = await services.store.reconcile_reports(account_id, limit)
+        return [ReconcileReport.model_validate(row) for row in rows]
 
 
 def _add_health_route(app: FastAPI) -> None:

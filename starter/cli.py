@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--api-secret", help="asked for when left out (keeps it out of the shell history)")
     add.add_argument("--access-token", help="today's token, if you have one")
     add.set_defaults(run=Cli.accounts_add)
+
+    reconcile = groups.add_parser("reconcile", help="bring the store to the broker's books now (docs/control.md)")
+    reconcile.add_argument("--account", type=_positive_int, help="one broker account (default: every account)")
+    reconcile.add_argument("--dry-run", action="store_true", help="report what would be repaired; change nothing")
+    reconcile.add_argument("--schedule", action="store_true",
+                           help="create or update the account's reconcile Schedule instead of running it now")
+    reconcile.set_defaults(run=Cli.reconcile)
     return parser
 
 
@@ -460,6 +467,35 @@ class Cli:
         )
         token = "with today's access token" if account.has_access_token else "without an access token yet"
         self.say(f"broker account {account.id} ({account.broker}) added for user {account.user_id}, {token}")
+        return OK
+
+    async def reconcile(self, args: argparse.Namespace) -> int:
+        from starter.reconcile import ReconcileFailed, reconcile_accounts, report_table
+        from starter.schedules import AccountReconcileSchedules, reconcile_schedule_id
+
+        services = self.services
+        if args.account is not None:
+            await self.store.get_broker_account(args.account)
+        if args.schedule:
+            accounts = [args.account] if args.account is not None else await self.store.broker_account_ids()
+            schedules = AccountReconcileSchedules(services.client, services.settings)
+            for account in accounts:
+                await temporal_call("create the reconcile schedule", schedules.sync(account))
+                self.say(f"schedule [bold]{reconcile_schedule_id(account)}[/bold] in place for account {account}")
+            return OK
+        try:
+            reports = await temporal_call(
+                "run the reconcile",
+                reconcile_accounts(services.client, services.settings, self.store, args.account,
+                                   dry_run=args.dry_run, requested_by=OPERATOR),
+                timeout=None,
+            )
+        except ReconcileFailed as failed:
+            return _fail(self.console, FAILED, str(failed))
+        for report in reports:
+            self.console.print(report_table(report))
+        if not reports:
+            self.say("no broker accounts to reconcile")
         return OK
 
 

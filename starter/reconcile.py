@@ -9,9 +9,10 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError
 
-from engine.reconcile import ReconcileReport, ReconcileRequest
+from engine.reconcile import ReconcileReport, ReconcileRequest, Verdict
 from engine.settings import Settings
 from store import Store
 from workflows.reconcile import ReconcileWorkflow, reconcile_workflow_id
@@ -54,3 +55,20 @@ async def reconcile_accounts(
         await reconcile_account(client, settings, account, dry_run=dry_run, requested_by=requested_by)
         for account in accounts
     ]
+
+
+VERDICT_STYLE = {Verdict.MATCHED: "green", Verdict.REPAIRED: "yellow", Verdict.NEEDS_PERSON: "bold red",
+                 Verdict.LISTED: "dim"}
+
+
+def report_table(report: ReconcileReport) -> Table:
+    """The report as the CLI shows it: people's lines first, then repairs, listings and matches."""
+    order = [Verdict.NEEDS_PERSON, Verdict.REPAIRED, Verdict.LISTED, Verdict.MATCHED]
+    table = Table(title=report.summary(), title_justify="left")
+    for column in ("verdict", "finding", "strategy", "broker order", "what"):
+        table.add_column(column, overflow="fold")
+    for line in sorted(report.lines, key=lambda line: order.index(line.verdict)):
+        style = VERDICT_STYLE[line.verdict]
+        table.add_row(f"[{style}]{line.verdict.value}[/{style}]", line.finding.value,
+                      str(line.strategy_id or ""), line.broker_order_id or "", line.message)
+    return table
