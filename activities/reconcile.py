@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.order import BrokerFactory, OrderPacer
-from brokers.base import Broker, BrokerOrder, Position, is_terminal
+from brokers.base import Broker, BrokerOrder, BrokerTrade, Position, is_terminal
 from brokers.errors import BrokerError, DefinitiveBrokerError
 from engine import errors
 from engine.market_hours import IST
@@ -57,12 +57,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _order_time(order: BrokerOrder) -> datetime:
-    """The broker's order time (Kite's naive IST wall clock) as an aware datetime."""
-    moment = order.exchange_update_timestamp or order.order_timestamp
+def _aware(moment: datetime | None) -> datetime:
+    """A broker time (Kite's naive IST wall clock) as an aware datetime."""
     if moment is None:
         return _now()
     return moment.replace(tzinfo=IST) if moment.tzinfo is None else moment
+
+
+def _placed_at(order: BrokerOrder) -> datetime:
+    return _aware(order.order_timestamp or order.exchange_update_timestamp)
 
 
 def _broker_order_view(order: BrokerOrder) -> dict[str, Any]:
@@ -98,6 +101,21 @@ class _Run:
         self.reads = _ReadPacer()
         self.who = f"reconcile ({request.requested_by})"
         self.flags: dict[int, list[str]] = {}
+        # Instruments whose figures may move under this run: an order in flight, a write during the reads.
+        self.moving: set[Instrument] = set()
+        self.fills: dict[str, list[BrokerTrade]] = defaultdict(list)
+
+    def filled_at(self, order: BrokerOrder) -> datetime:
+        """When the order's last fill happened, from the trade book; else the order's own time."""
+        stamps = [trade.fill_timestamp for trade in self.fills.get(order.order_id, []) if trade.fill_timestamp]
+        return _aware(max(stamps) if stamps else order.exchange_update_timestamp or order.order_timestamp)
+
+    def view(self, order: BrokerOrder) -> dict[str, Any]:
+        """The broker order as a report shows it, with its fills."""
+        trades = self.fills.get(order.order_id, [])
+        return _broker_order_view(order) | {
+            "trades": [{"trade_id": t.trade_id, "quantity": t.quantity, "price": str(t.price)} for t in trades]
+        }
 
     def add(self, finding: Finding, verdict: Verdict, message: str, **fields: Any) -> ReportLine:
         line = ReportLine(finding=finding, verdict=verdict, message=message, **fields)
@@ -120,8 +138,15 @@ class ReconcileActivities:
     async def reconcile_account(self, request: ReconcileRequest) -> ReconcileReport:
         started = _now()
         run = _Run(request, await self._broker(request.account_id))
+        before = {s.id: s.version for s in await self.store.account_strategies(request.account_id)}
         book = await self._read(run, run.broker.orders)
         positions = await self._read(run, run.broker.positions)
+        for trade in await self._read(run, run.broker.trades):
+            run.fills[trade.order_id].append(trade)
+        # A strategy written to while the broker was read may not match what was read: compared next run.
+        for strategy in await self.store.account_strategies(request.account_id):
+            if before.get(strategy.id) != strategy.version:
+                run.moving.add(_instrument(strategy))
         await self._reconcile_orders(run, book)
         strategies = await self.store.account_strategies(request.account_id)
         if await self._apply_square_offs(run, strategies, book, positions):
@@ -131,7 +156,7 @@ class ReconcileActivities:
                 run.add(Finding.UNTAGGED_ORDER, Verdict.LISTED,
                         f"{order.transaction_type} {order.quantity} {order.exchange}:{order.tradingsymbol} "
                         f"{order.product} placed without the engine's tags ({order.status}); left alone",
-                        broker_order_id=order.order_id, details=_broker_order_view(order))
+                        broker_order_id=order.order_id, details=run.view(order))
         await self._compare_positions(run, strategies, book, positions)
         await self._mark_flagged(run)
         report = ReconcileReport(
@@ -165,9 +190,9 @@ class ReconcileActivities:
                 run.add(Finding.UNKNOWN_ENGINE_TAG, Verdict.NEEDS_PERSON,
                         f"broker order {order.order_id} carries the engine's tag {tag}, which no order of the "
                         "store holds; check where it came from",
-                        broker_order_id=order.order_id, details=_broker_order_view(order))
+                        broker_order_id=order.order_id, details=run.view(order))
         for record in known:
-            orders = sorted(at_broker.get(record.tag, []), key=lambda o: (_order_time(o), o.order_id))
+            orders = sorted(at_broker.get(record.tag, []), key=lambda o: (_placed_at(o), o.order_id))
             primary = next((o for o in orders if o.order_id == record.broker_order_id), orders[0] if orders else None)
             for twin in (o for o in orders if o is not primary):
                 await self._flag_twin(run, record, twin)
@@ -186,12 +211,13 @@ class ReconcileActivities:
             reason = (f"order {record.workflow_id} finished {record.status} with {record.filled_quantity} filled; "
                       f"the broker shows {at_broker.status} with {at_broker.filled_quantity}")
             run.add(Finding.ORDER_DIFFERS, Verdict.NEEDS_PERSON, reason, broker_order_id=at_broker.order_id,
-                    details=_broker_order_view(at_broker), **line)
+                    details=run.view(at_broker), **line)
             await self._flag(run, record.strategy_id, reason)
             return
         if settled and at_broker is None:
             return
         if record.outcome is None and await self._followed(record.workflow_id):
+            run.moving.add((record.exchange, record.symbol, await self._product_of(record)))
             run.add(Finding.ORDER_IN_FLIGHT, Verdict.LISTED,
                     f"{record.order_type} order in flight; its workflow follows it", **line,
                     broker_order_id=record.broker_order_id)
@@ -236,14 +262,14 @@ class ReconcileActivities:
             run.add(Finding.ORDER_RESOLVED, Verdict.REPAIRED,
                     f"{record.order_type} order is {at_broker.status} at the broker and no workflow follows it: "
                     f"{run.would('cancel the rest and settle it from the broker')}",
-                    broker_order_id=at_broker.order_id, details=_broker_order_view(at_broker), **line)
+                    broker_order_id=at_broker.order_id, details=run.view(at_broker), **line)
             return None
         final = await self._cancel_and_wait(run, at_broker)
         if final is None:
             reason = (f"order {record.workflow_id} is still {at_broker.status} at the broker (order "
                       f"{at_broker.order_id}) after a cancel; no workflow follows it")
             run.add(Finding.ORDER_STILL_OPEN, Verdict.NEEDS_PERSON, reason, broker_order_id=at_broker.order_id,
-                    details=_broker_order_view(at_broker), **line)
+                    details=run.view(at_broker), **line)
             await self._flag(run, record.strategy_id, reason)
         return final
 
@@ -256,23 +282,23 @@ class ReconcileActivities:
                 + (f" at {at_broker.average_price}" if at_broker.filled_quantity else ""))
         if run.request.dry_run:
             run.add(finding, Verdict.REPAIRED, f"{what}: {run.would('apply')}", broker_order_id=at_broker.order_id,
-                    details=_broker_order_view(at_broker), **line)
+                    details=run.view(at_broker), **line)
             return
         resolution = BrokerResolution(
             broker_order_id=at_broker.order_id, status=at_broker.status, filled_quantity=at_broker.filled_quantity,
-            average_price=at_broker.average_price, filled_at=_order_time(at_broker), by=run.who,
+            average_price=at_broker.average_price, filled_at=run.filled_at(at_broker), by=run.who,
             why=f"the order was {was} while the broker shows {at_broker.status}",
         )
         try:
             changed = await self.store.resolve_order_from_broker(record.workflow_id, resolution)
         except (FillMismatch, PlacementConflict, InvalidInput) as mismatch:
             run.add(Finding.ORDER_DIFFERS, Verdict.NEEDS_PERSON, str(mismatch), broker_order_id=at_broker.order_id,
-                    details=_broker_order_view(at_broker), **line)
+                    details=run.view(at_broker), **line)
             await self._flag(run, record.strategy_id, str(mismatch))
             return
         if changed:
             run.add(finding, Verdict.REPAIRED, what, broker_order_id=at_broker.order_id,
-                    details=_broker_order_view(at_broker), **line)
+                    details=run.view(at_broker), **line)
         else:
             run.add(Finding.ORDER_MATCHED, Verdict.MATCHED, f"{record.order_type} order agrees with the broker",
                     broker_order_id=at_broker.order_id, **line)
@@ -288,7 +314,7 @@ class ReconcileActivities:
         run.add(Finding.TWIN_ORDER, Verdict.NEEDS_PERSON,
                 f"{reason}: {twin.status}, {twin.filled_quantity} filled{action}",
                 strategy_id=record.strategy_id, workflow_id=record.workflow_id, broker_order_id=twin.order_id,
-                details=_broker_order_view(twin))
+                details=run.view(twin))
         await self._flag(run, record.strategy_id, reason)
 
     # Kite's own end of day
@@ -305,11 +331,11 @@ class ReconcileActivities:
             holding = [s for s in group if s.open_quantity > 0]
             if product != "MIS" or not holding or net.get(instrument, 0) != 0:
                 continue
-            if any(s.active_order_workflow_id for s in group):
+            if instrument in run.moving or any(s.active_order_workflow_id for s in group):
                 continue
             closing = [o for o in book if o.status == "COMPLETE" and o.transaction_type == "SELL"
                        and (o.exchange, o.tradingsymbol, o.product) == instrument and not is_engine_tag(o.tag)
-                       and _order_time(o).astimezone(IST).time() >= self.settings.broker_square_off_time]
+                       and _placed_at(o).astimezone(IST).time() >= self.settings.broker_square_off_time]
             sold = sum(o.filled_quantity for o in closing)
             if sold < sum(s.open_quantity for s in holding):
                 continue
@@ -319,14 +345,14 @@ class ReconcileActivities:
             for strategy in holding:
                 message = (f"{exchange}:{symbol} MIS squared off by the broker: {strategy.open_quantity} at {price} "
                            f"(broker order {first.order_id}), exit reason BROKER_SQUARE_OFF")
-                details = {"orders": [_broker_order_view(o) for o in closing], "entry_price": str(strategy.entry_price)}
+                details = {"orders": [run.view(o) for o in closing], "entry_price": str(strategy.entry_price)}
                 if run.request.dry_run:
                     run.add(Finding.BROKER_SQUARE_OFF, Verdict.REPAIRED, f"{message}: {run.would('apply')}",
                             strategy_id=strategy.id, broker_order_id=first.order_id, details=details)
                     continue
                 order = await self.store.apply_broker_square_off(BrokerSquareOff(
                     strategy_id=strategy.id, broker_order_id=first.order_id, average_price=price,
-                    filled_at=_order_time(first), by=run.who,
+                    filled_at=run.filled_at(first), by=run.who,
                     why="the broker squared off the open MIS position before the close"))
                 if order is not None:
                     applied = True
@@ -356,7 +382,7 @@ class ReconcileActivities:
                 continue
             if in_store == 0 and at_broker == 0:
                 continue
-            if any(s.active_order_workflow_id for s in group):
+            if instrument in run.moving or any(s.active_order_workflow_id for s in group):
                 run.add(Finding.POSITION_IN_FLIGHT, Verdict.LISTED,
                         f"{name}: an order is in flight; compared on the next run",
                         details={"store": held, "broker": at_broker})
@@ -366,7 +392,7 @@ class ReconcileActivities:
                         details={"store": held, "broker": at_broker})
                 continue
             reason = f"{name}: the strategies hold {in_store} ({_held_text(held)}), the broker's net is {at_broker}"
-            explaining = [_broker_order_view(o) for o in book if (o.exchange, o.tradingsymbol, o.product) == instrument]
+            explaining = [run.view(o) for o in book if (o.exchange, o.tradingsymbol, o.product) == instrument]
             for strategy in group:
                 run.add(Finding.POSITION_DIFFERS, Verdict.NEEDS_PERSON, reason, strategy_id=strategy.id,
                         details={"store": held, "broker": at_broker, "orders": explaining})
@@ -391,6 +417,9 @@ class ReconcileActivities:
             if strategy.needs_intervention and reason in (strategy.intervention_reason, strategy.last_error):
                 continue
             await self.store.mark_intervention(strategy_id, reason)
+
+    async def _product_of(self, record: OrderRecord) -> str:
+        return (await self.store.get_strategy(record.strategy_id)).product
 
     async def _followed(self, order_key: str) -> bool:
         """Whether the order's own workflow run is still running."""
@@ -436,10 +465,14 @@ class ReconcileActivities:
         return self.brokers.for_credentials(credentials.api_key, credentials.access_token)
 
 
+def _instrument(strategy: StrategyRecord) -> Instrument:
+    return (strategy.exchange, strategy.symbol, strategy.product)
+
+
 def _by_instrument(strategies: Iterable[StrategyRecord]) -> dict[Instrument, list[StrategyRecord]]:
     groups: dict[Instrument, list[StrategyRecord]] = defaultdict(list)
     for strategy in strategies:
-        groups[(strategy.exchange, strategy.symbol, strategy.product)].append(strategy)
+        groups[_instrument(strategy)].append(strategy)
     return groups
 
 

@@ -90,6 +90,21 @@ class Position:
     pnl: Decimal
 
 
+@dataclass(frozen=True)
+class BrokerTrade:
+    """One fill of one order, from the day's trade book."""
+
+    trade_id: str
+    order_id: str
+    exchange: str
+    tradingsymbol: str
+    product: str
+    transaction_type: str
+    quantity: int
+    price: Decimal
+    fill_timestamp: datetime | None = None
+
+
 class Broker(Protocol):
     """What the engine needs of a broker. Every method raises a `brokers.errors.BrokerError`."""
 
@@ -129,3 +144,7 @@ class Broker(Protocol):
     async def positions(self) -> list[Position]: ...
 
     async def last_price(self, exchange: str, tradingsymbol: str) -> Decimal: ...
+
+    async def trades(self) -> list[BrokerTrade]:
+        """Today's trade book: every fill of every order, oldest first."""
+        ...

@@ -299,8 +299,10 @@ async def test_the_brokers_mis_square_off_and_day_expiry_are_applied_after_the_c
     applied = {line.strategy_id: line for line in lines(report, Finding.BROKER_SQUARE_OFF)}
     assert set(applied) == {first.id, second.id}
     assert all(line.verdict is Verdict.REPAIRED and line.broker_order_id == square_off for line in applied.values())
+    [fill] = [trade for trade in kite.trades() if trade["order_id"] == square_off]
     for strategy, quantity in ((first, 10), (second, 5)):
         after = await engine.store.get_strategy(strategy.id)
+        assert after.exit_filled_at == fill["fill_timestamp"].replace(tzinfo=IST)  # from the trade book
         assert (after.position, after.open_quantity, after.exit_reason) == ("FLAT", 0, "BROKER_SQUARE_OFF")
         assert after.exit_price == Decimal("2512.50")
         assert after.realized_pnl == Decimal("12.50") * quantity
@@ -341,3 +343,24 @@ async def test_a_dry_run_reports_the_repairs_and_makes_none(engine: Engine) -> N
     assert order["status"] == "OPEN"
     sent = [r["route"] for r in engine.paper.control.requests()[requests:]]
     assert "cancel_order" not in sent and "place_order" not in sent
+
+
+async def test_an_order_its_workflow_still_follows_is_left_to_the_workflow(engine: Engine) -> None:
+    engine.paper.control.set_fill(delay_seconds=600)  # rests at the broker while its workflow follows it
+    strategy = await engine.strategy("TCS", quantity=2, api_key=API_KEY)
+    handle = await engine.starter.place_buy_order(strategy)
+    broker_order_id = await placed_at_broker(handle)
+    requests = len(engine.paper.control.requests())
+    try:
+        report = await reconcile(engine, strategy.broker_account_id)
+
+        [line] = lines(report, Finding.ORDER_IN_FLIGHT)
+        assert line.verdict is Verdict.LISTED and line.broker_order_id == broker_order_id
+        assert report.repaired == 0 and report.needs_person == 0
+        after = await engine.store.get_strategy(strategy.id)
+        assert after.active_order_workflow_id is not None and after.open_quantity == 0  # still claimed
+        assert not after.needs_intervention
+        sent = [r["route"] for r in engine.paper.control.requests()[requests:]]
+        assert "cancel_order" not in sent and "place_order" not in sent
+    finally:
+        await handle.terminate("test over")

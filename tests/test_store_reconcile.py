@@ -93,7 +93,7 @@ async def test_the_brokers_square_off_closes_the_position_once(store: Store) -> 
 async def test_reports_are_kept_per_account_newest_first(store: Store) -> None:
     strategy = await seed_strategy(store)
     for requested_by in ("schedule", "operator"):
-        document = {"requested_by": requested_by, "dry_run": False, "started_at": NOW.isoformat(),
+        document: dict[str, object] = {"requested_by": requested_by, "dry_run": False, "started_at": NOW.isoformat(),
                     "finished_at": NOW.isoformat(), "lines": []}
         await store.save_reconcile_report(strategy.broker_account_id, document,
                                           {"matched": 1, "repaired": 0, "needs_person": 0})
