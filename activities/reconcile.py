@@ -162,6 +162,7 @@ class ReconcileActivities:
         report = ReconcileReport(
             account_id=request.account_id, dry_run=request.dry_run, requested_by=request.requested_by,
             started_at=started, finished_at=_now(), lines=run.lines,
+            new_needs_person=await self._not_reported_before(request.account_id, run.lines),
         )
         counts = {"matched": report.matched, "repaired": report.repaired, "needs_person": report.needs_person}
         report.report_id = await self.store.save_reconcile_report(
@@ -169,6 +170,14 @@ class ReconcileActivities:
         )
         log.info("reconciled %s", report.summary())
         return report
+
+    async def _not_reported_before(self, account_id: int, lines: list[ReportLine]) -> list[ReportLine]:
+        """This run's NEEDS_PERSON lines missing from the account's last real (not dry) report."""
+        previous = next((r for r in await self.store.reconcile_reports(account_id, limit=10) if not r["dry_run"]), None)
+        seen = set()
+        if previous is not None:
+            seen = {ReportLine.model_validate(line).identity for line in previous["lines"]}
+        return [line for line in lines if line.verdict is Verdict.NEEDS_PERSON and line.identity not in seen]
 
     @activity.defn(name="reconcile_accounts")
     async def reconcile_accounts(self) -> list[int]:

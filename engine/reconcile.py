@@ -45,6 +45,8 @@ class ReconcileRequest(BaseModel):
 
 
 class ReportLine(BaseModel):
+    """One finding, the verdict on it and what was done (docs/control.md, "The report, line by line")."""
+
     finding: Finding
     verdict: Verdict
     message: str
@@ -52,6 +54,11 @@ class ReportLine(BaseModel):
     workflow_id: str | None = None
     broker_order_id: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple[str, int | None, str | None, str]:
+        """The same finding in two runs has the same identity."""
+        return (self.finding.value, self.strategy_id, self.broker_order_id, self.message)
 
 
 class ReconcileReport(BaseModel):
@@ -61,6 +68,8 @@ class ReconcileReport(BaseModel):
     started_at: datetime
     finished_at: datetime
     lines: list[ReportLine] = Field(default_factory=list)
+    # NEEDS_PERSON lines the account's previous report did not hold: what an alert is about.
+    new_needs_person: list[ReportLine] = Field(default_factory=list)
     report_id: int | None = None
 
     def count(self, verdict: Verdict) -> int:
@@ -80,7 +89,8 @@ class ReconcileReport(BaseModel):
 
     @property
     def worth_an_alert(self) -> bool:
-        return self.repaired > 0 or self.needs_person > 0
+        """A repair, or something for a person that was not already alerted by the previous run."""
+        return self.repaired > 0 or bool(self.new_needs_person)
 
     def summary(self) -> str:
         mode = " (dry run)" if self.dry_run else ""

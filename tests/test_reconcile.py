@@ -22,6 +22,7 @@ from kiteconnect import KiteConnect
 from temporalio.client import Client, WorkflowHandle
 
 from brokers.paper.clock import IST
+from engine.ids import broker_tag
 from engine.models import OrderResult, Outcome
 from engine.reconcile import Finding, ReconcileReport, Verdict
 from starter.reconcile import reconcile_account
@@ -237,6 +238,9 @@ async def test_a_position_changed_behind_the_engines_back_is_flagged_with_both_f
     again = await reconcile(engine, strategy.broker_account_id)
     assert again.repaired == 0 and again.needs_person == report.needs_person
     assert await snapshot(engine, strategy.broker_account_id) == state
+    # Alerted once: the second report holds nothing the first did not.
+    assert len(report.new_needs_person) == 2 and report.worth_an_alert
+    assert again.new_needs_person == [] and not again.worth_an_alert
 
 
 async def test_a_twin_order_under_an_orders_tag_is_found_flagged_and_cancelled_if_open(engine: Engine) -> None:
@@ -364,3 +368,18 @@ async def test_an_order_its_workflow_still_follows_is_left_to_the_workflow(engin
         assert "cancel_order" not in sent and "place_order" not in sent
     finally:
         await handle.terminate("test over")
+
+
+async def test_a_broker_order_with_an_engine_tag_no_order_holds_is_flagged(engine: Engine) -> None:
+    strategy = await filled_buy(engine, "SBIN", 1)
+    stray_tag = broker_tag("order:999999:1:entry/not-a-run-of-this-store")
+    stray = by_hand(engine).place_order("regular", "NSE", "WIPRO", "BUY", 1, "MIS", "MARKET", market_protection=-1,
+                                        tag=stray_tag)
+    await wait_for_broker(engine, stray, lambda o: o["status"] == "COMPLETE")
+
+    report = await reconcile(engine, strategy.broker_account_id)
+
+    [line] = lines(report, Finding.UNKNOWN_ENGINE_TAG)
+    assert line.verdict is Verdict.NEEDS_PERSON and line.broker_order_id == stray and stray_tag in line.message
+    assert lines(report, Finding.UNTAGGED_ORDER) == []  # it carries the engine's tag shape: not a hand order
+    assert not (await engine.store.get_strategy(strategy.id)).needs_intervention  # no strategy of ours moved

@@ -51,12 +51,12 @@ class ReconcileWorkflow:
         return report
 
     async def _alert(self, report: ReconcileReport) -> None:
-        needs_person = [line.message for line in report.lines if line.verdict is Verdict.NEEDS_PERSON]
+        needs_person = [line.message for line in report.new_needs_person]
         repaired = [line.message for line in report.lines if line.verdict is Verdict.REPAIRED]
         alert = Alert(
             level=AlertLevel.CRITICAL if needs_person else AlertLevel.WARNING,
             title=f"reconcile of account {report.account_id}: {report.repaired} repaired, "
-            f"{report.needs_person} need a person",
+            f"{len(report.new_needs_person)} new for a person ({report.needs_person} in all)",
             message="; ".join(needs_person + repaired)[:4000],
             workflow_id=workflow.info().workflow_id,
             created_at=workflow.now(),
