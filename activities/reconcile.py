@@ -104,6 +104,7 @@ class _Run:
         # Instruments whose figures may move under this run: an order in flight, a write during the reads.
         self.moving: set[Instrument] = set()
         self.fills: dict[str, list[BrokerTrade]] = defaultdict(list)
+        self.held: dict[Instrument, int] = defaultdict(int)
 
     def filled_at(self, order: BrokerOrder) -> datetime:
         """When the order's last fill happened, from the trade book; else the order's own time."""
@@ -144,9 +145,14 @@ class ReconcileActivities:
         for trade in await self._read(run, run.broker.trades):
             run.fills[trade.order_id].append(trade)
         # A strategy written to while the broker was read may not match what was read: compared next run.
-        for strategy in await self.store.account_strategies(request.account_id):
+        read = await self.store.account_strategies(request.account_id)
+        for strategy in read:
             if before.get(strategy.id) != strategy.version:
                 run.moving.add(_instrument(strategy))
+        # CNC bought on earlier days is in the demat holdings, no longer in the day's positions.
+        if any(strategy.product == "CNC" for strategy in read):
+            for holding in await self._read(run, run.broker.holdings):
+                run.held[(holding.exchange, holding.tradingsymbol, "CNC")] += holding.quantity
         await self._reconcile_orders(run, book)
         strategies = await self.store.account_strategies(request.account_id)
         if await self._apply_square_offs(run, strategies, book, positions):
@@ -389,16 +395,26 @@ class ReconcileActivities:
                             f"{name}: {at_broker} net at the broker, traded by no strategy of this account",
                             details={"broker": at_broker})
                 continue
+            held_in_demat = run.held.get(instrument, 0)
+            at_broker += held_in_demat
             if in_store == 0 and at_broker == 0:
                 continue
+            if held_in_demat and in_store == 0:
+                continue  # the owner's own delivery shares: no strategy claims them
             if instrument in run.moving or any(s.active_order_workflow_id for s in group):
                 run.add(Finding.POSITION_IN_FLIGHT, Verdict.LISTED,
                         f"{name}: an order is in flight; compared on the next run",
                         details={"store": held, "broker": at_broker})
                 continue
+            if product == "CNC" and held_in_demat and in_store < at_broker:
+                run.add(Finding.HOLDINGS_BEYOND_STRATEGIES, Verdict.LISTED,
+                        f"{name}: the strategies hold {in_store}, the account {at_broker} "
+                        f"({held_in_demat} in the demat holdings); the rest is the owner's own",
+                        details={"store": held, "broker": at_broker, "holdings": held_in_demat})
+                continue
             if in_store == at_broker:
                 run.add(Finding.POSITION_MATCHED, Verdict.MATCHED, f"{name}: {in_store} held, as at the broker",
-                        details={"store": held, "broker": at_broker})
+                        details={"store": held, "broker": at_broker, "holdings": held_in_demat})
                 continue
             reason = f"{name}: the strategies hold {in_store} ({_held_text(held)}), the broker's net is {at_broker}"
             explaining = [run.view(o) for o in book if (o.exchange, o.tradingsymbol, o.product) == instrument]

@@ -105,6 +105,16 @@ class BrokerTrade:
     fill_timestamp: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Holding:
+    """Delivery shares in the demat account (CNC bought on earlier days), settled or not (T1)."""
+
+    exchange: str
+    tradingsymbol: str
+    quantity: int  # settled and T1 together
+    average_price: Decimal
+
+
 class Broker(Protocol):
     """What the engine needs of a broker. Every method raises a `brokers.errors.BrokerError`."""
 
@@ -147,4 +157,8 @@ class Broker(Protocol):
 
     async def trades(self) -> list[BrokerTrade]:
         """Today's trade book: every fill of every order, oldest first."""
+        ...
+
+    async def holdings(self) -> list[Holding]:
+        """The demat holdings: CNC positions of earlier days land here."""
         ...

@@ -28,7 +28,7 @@ from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_exceptions
 from requests.adapters import HTTPAdapter
 
-from brokers.base import BrokerOrder, BrokerTrade, OrderRequest, Position
+from brokers.base import BrokerOrder, BrokerTrade, Holding, OrderRequest, Position
 from brokers.errors import (
     AccountError,
     AmbiguousBrokerError,
@@ -95,6 +95,7 @@ class KiteClient(Protocol):
     def order_history(self, order_id: str) -> Any: ...
     def positions(self) -> Any: ...
     def trades(self) -> Any: ...
+    def holdings(self) -> Any: ...
     def ltp(self, *instruments: str) -> Any: ...
 
 
@@ -338,6 +339,12 @@ class KiteBroker:
             return [trade_from_kite(row) for row in _rows(self._client.trades())]
 
         return await self._call("trades", trade_book)
+
+    async def holdings(self) -> list[Holding]:
+        def demat() -> list[Holding]:
+            return [holding_from_kite(row) for row in _rows(self._client.holdings())]
+
+        return await self._call("holdings", demat)
 
     async def last_price(self, exchange: str, tradingsymbol: str) -> Decimal:
         instrument = f"{exchange}:{tradingsymbol}"
@@ -633,6 +640,16 @@ def trade_from_kite(row: Mapping[str, Any]) -> BrokerTrade:
         quantity=_quantity(row.get("quantity")),
         price=_price(row.get("average_price"), exchange),
         fill_timestamp=_timestamp(row.get("fill_timestamp")),
+    )
+
+
+def holding_from_kite(row: Mapping[str, Any]) -> Holding:
+    exchange = str(row["exchange"])
+    return Holding(
+        exchange=exchange,
+        tradingsymbol=str(row["tradingsymbol"]),
+        quantity=_quantity(row.get("quantity")) + _quantity(row.get("t1_quantity")),
+        average_price=_price(row.get("average_price"), exchange),
     )
 
 

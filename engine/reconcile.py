@@ -36,6 +36,7 @@ class Finding(StrEnum):
     POSITION_DIFFERS = "POSITION_DIFFERS"  # the strategies' open quantity is not the broker's net
     POSITION_UNOWNED = "POSITION_UNOWNED"  # a broker position no strategy of the account trades
     POSITION_IN_FLIGHT = "POSITION_IN_FLIGHT"  # an order is in flight on it: compared next time
+    HOLDINGS_BEYOND_STRATEGIES = "HOLDINGS_BEYOND_STRATEGIES"  # CNC: the demat holds more than the strategies
 
 
 class ReconcileRequest(BaseModel):

@@ -126,6 +126,9 @@ class FakeKiteClient:
     def trades(self) -> Any:
         return self._answer("trades", self.trade_book)
 
+    def holdings(self) -> Any:
+        return self._answer("holdings", [])
+
     def ltp(self, *instruments: str) -> Any:
         return self._answer("ltp", self.quotes, instruments=instruments)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,8 @@ from engine.models import OrderResult, Outcome
 from engine.reconcile import Finding, ReconcileReport, Verdict
 from starter.reconcile import reconcile_account
 from store import Store
-from store.records import StrategyRecord
+from store.records import StrategyRecord, StrategySpec
+from tests.fixtures.db import trade
 from tests.fixtures.paper_process import PaperBrokerProcess
 from tests.fixtures.temporal import Engine, make_engine, replay_task_queue
 from workflows.order import OrderWorkflow
@@ -383,3 +385,32 @@ async def test_a_broker_order_with_an_engine_tag_no_order_holds_is_flagged(engin
     assert line.verdict is Verdict.NEEDS_PERSON and line.broker_order_id == stray and stray_tag in line.message
     assert lines(report, Finding.UNTAGGED_ORDER) == []  # it carries the engine's tag shape: not a hand order
     assert not (await engine.store.get_strategy(strategy.id)).needs_intervention  # no strategy of ours moved
+
+
+async def test_a_cnc_position_carried_over_is_compared_with_the_demat_holdings(engine: Engine) -> None:
+    user_id, account_id = await engine.account(API_KEY)
+    strategy = await engine.store.create_strategy(StrategySpec(
+        user_id=user_id, broker_account_id=account_id, name=f"itc-{uuid.uuid4().hex[:6]}", symbol="ITC",
+        quantity=10, product="CNC"))
+    strategy = await engine.store.set_strategy_status(strategy.id, "RUNNING")
+    # Bought on an earlier day: today Kite shows it in the holdings, not in the day's positions.
+    _, held = await trade(engine.store, strategy, "BUY", 10, "440.25")
+    engine.paper.control.set_account(API_KEY, holdings={"NSE:ITC": {"quantity": 10, "average_price": "440.25"}})
+
+    carried = await reconcile(engine, account_id)
+
+    [matched] = [line for line in lines(carried, Finding.POSITION_MATCHED) if "NSE:ITC CNC" in line.message]
+    assert matched.details["holdings"] == 10 and carried.needs_person == 0
+    assert lines(carried, Finding.BROKER_SQUARE_OFF) == []  # CNC carries over with its entry price
+    after = await engine.store.get_strategy(strategy.id)
+    assert (after.open_quantity, after.entry_price, after.version) == (10, Decimal("440.25"), held.version)
+
+    engine.paper.control.set_account(API_KEY, holdings={"NSE:ITC": {"quantity": 25, "average_price": "400"}})
+    own_shares = await reconcile(engine, account_id)
+    [beyond] = lines(own_shares, Finding.HOLDINGS_BEYOND_STRATEGIES)
+    assert beyond.verdict is Verdict.LISTED and "the strategies hold 10, the account 25" in beyond.message
+
+    engine.paper.control.set_account(API_KEY, holdings={"NSE:ITC": {"quantity": 6, "average_price": "440.25"}})
+    sold_elsewhere = await reconcile(engine, account_id)
+    [differs] = lines(sold_elsewhere, Finding.POSITION_DIFFERS)
+    assert differs.verdict is Verdict.NEEDS_PERSON and "the broker's net is 6" in differs.message
