@@ -20,7 +20,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -29,6 +34,7 @@ from brokers.base import Broker, BrokerOrder, BrokerTrade, Position, is_terminal
 from brokers.errors import BrokerError, DefinitiveBrokerError
 from engine import errors
 from engine.market_hours import IST
+from engine.models import OrderStatusView
 from engine.reconcile import Finding, ReconcileReport, ReconcileRequest, ReportLine, Verdict
 from engine.settings import Settings
 from store import Store
@@ -45,6 +51,8 @@ ENGINE_TAG = re.compile(r"E[A-Z2-7]{19}")
 READ_SPACING_SECONDS = 0.2
 # After cancelling an order nothing follows, how long to wait for the broker to confirm it.
 CANCEL_CONFIRM_SECONDS = 10.0
+ORDER_STATUS_QUERY = "status"  # OrderWorkflow.status
+QUERY_TIMEOUT = timedelta(seconds=5)
 MAX_REASON_LENGTH = 2000  # the store's limit for an intervention reason
 Instrument = tuple[str, str, str]  # exchange, symbol, product
 
@@ -231,7 +239,7 @@ class ReconcileActivities:
             return
         if settled and at_broker is None:
             return
-        if record.outcome is None and await self._followed(record.workflow_id):
+        if record.outcome is None and await self._followed(record):
             run.moving.add((record.exchange, record.symbol, await self._product_of(record)))
             run.add(Finding.ORDER_IN_FLIGHT, Verdict.LISTED,
                     f"{record.order_type} order in flight; its workflow follows it", **line,
@@ -446,18 +454,36 @@ class ReconcileActivities:
     async def _product_of(self, record: OrderRecord) -> str:
         return (await self.store.get_strategy(record.strategy_id)).product
 
-    async def _followed(self, order_key: str) -> bool:
-        """Whether the order's own workflow run is still running."""
-        workflow_id, _, run_id = order_key.rpartition("/")
+    async def _followed(self, record: OrderRecord) -> bool:
+        """Whether a workflow still follows the order: its own run, or a run that replaced it by a reset
+        to after the placement (that run replays the order's steps and follows the same broker order)."""
+        workflow_id, _, run_id = record.workflow_id.rpartition("/")
         if not workflow_id:
             return False
+        own = await self._describe(workflow_id, run_id)
+        if own is None or own.status == WorkflowExecutionStatus.RUNNING:
+            return own is not None
+        latest = await self._describe(workflow_id, None)
+        if latest is None or latest.run_id == run_id or latest.status != WorkflowExecutionStatus.RUNNING:
+            return False
         try:
-            described = await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+            view = await self.client.get_workflow_handle(workflow_id, run_id=latest.run_id).query(
+                ORDER_STATUS_QUERY, result_type=OrderStatusView, rpc_timeout=QUERY_TIMEOUT
+            )
+        except (RPCError, WorkflowQueryFailedError) as failed:
+            log.info("order %s: the run that replaced it does not answer (%s); left for the next run",
+                     record.workflow_id, failed)
+            return True
+        # Before its placement the new run may still adopt this order by its tag: leave it to that run.
+        return view.broker_order_id is None or view.broker_order_id == record.broker_order_id
+
+    async def _describe(self, workflow_id: str, run_id: str | None) -> WorkflowExecutionDescription | None:
+        try:
+            return await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe()
         except RPCError as failed:
             if failed.status == RPCStatusCode.NOT_FOUND:
-                return False
+                return None
             raise
-        return described.status == WorkflowExecutionStatus.RUNNING
 
     async def _cancel_and_wait(self, run: _Run, order: BrokerOrder) -> BrokerOrder | None:
         await self.pacer.wait_turn(run.request.account_id)

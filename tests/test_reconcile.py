@@ -20,7 +20,10 @@ from typing import Any
 
 import pytest
 from kiteconnect import KiteConnect
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from brokers.paper.clock import IST
 from engine.ids import broker_tag
@@ -414,3 +417,42 @@ async def test_a_cnc_position_carried_over_is_compared_with_the_demat_holdings(e
     sold_elsewhere = await reconcile(engine, account_id)
     [differs] = lines(sold_elsewhere, Finding.POSITION_DIFFERS)
     assert differs.verdict is Verdict.NEEDS_PERSON and "the broker's net is 6" in differs.message
+
+
+async def reset_to_the_first_workflow_task(engine: Engine, handle: WorkflowHandle[OrderWorkflow, OrderResult]) -> str:
+    """`temporal workflow reset` to the first workflow task: back past the placement (the placement's
+    record comes with that task's completion, which a reset drops). The new run's id."""
+    history = await handle.fetch_history()
+    first_task = next(event.event_id for event in history.events
+                      if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    answer = await engine.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
+        namespace=engine.client.namespace,
+        workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=history.run_id),
+        reason="operator reset", workflow_task_finish_event_id=first_task, request_id=str(uuid.uuid4()),
+    ))
+    return answer.run_id
+
+
+async def test_a_reset_past_the_placement_releases_the_old_orders_claim(engine: Engine) -> None:
+    engine.paper.control.set_fill(delay_seconds=600)
+    strategy = await engine.strategy("TCS", quantity=2, api_key=API_KEY)
+    handle = await engine.starter.place_buy_order(strategy)
+    broker_order_id = await placed_at_broker(handle)
+    claimed = (await engine.store.get_strategy(strategy.id)).active_order_workflow_id
+
+    # The new run starts the intent afresh (a new order key), finds the strategy claimed by the old
+    # order and ends; nothing follows the old order any more.
+    fresh_run = await reset_to_the_first_workflow_task(engine, handle)
+    with pytest.raises(WorkflowFailureError):
+        await engine.client.get_workflow_handle(handle.id, run_id=fresh_run).result()
+    assert (await engine.store.get_strategy(strategy.id)).active_order_workflow_id == claimed
+    before = placed_orders(engine)
+
+    report = await reconcile(engine, strategy.broker_account_id)
+
+    [resolved] = lines(report, Finding.ORDER_RESOLVED)
+    assert resolved.verdict is Verdict.REPAIRED and resolved.workflow_id == claimed
+    assert resolved.broker_order_id == broker_order_id
+    assert (await engine.store.get_strategy(strategy.id)).active_order_workflow_id is None
+    await wait_for_broker(engine, broker_order_id, lambda o: o["status"] == "CANCELLED")
+    assert placed_orders(engine) == before
