@@ -31,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.order import BrokerFactory, OrderPacer
 from brokers.base import Broker, BrokerOrder, BrokerTrade, Position, is_terminal
-from brokers.errors import BrokerError, DefinitiveBrokerError
+from brokers.errors import BrokerError, DefinitiveBrokerError, SessionExpiredError
 from engine import errors
 from engine.market_hours import IST
 from engine.models import OrderStatusView
@@ -504,6 +504,11 @@ class ReconcileActivities:
         activity.heartbeat()
         try:
             return await call()
+        except SessionExpiredError as expired:
+            raise ApplicationError(
+                f"broker session expired, re-login needed: {expired.broker_message or expired.message}",
+                type=errors.SESSION_EXPIRED, non_retryable=True,
+            ) from None
         except BrokerError as failed:
             raise ApplicationError(f"broker read failed: {failed.broker_message or failed.message}",
                                    type=errors.BROKER_AMBIGUOUS) from None

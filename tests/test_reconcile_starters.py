@@ -12,7 +12,7 @@ from temporalio.client import ScheduleActionStartWorkflow
 from engine.devserver import DevServer
 from engine.market_hours import IST
 from starter.api import create_app
-from starter.cli import NOT_FOUND, OK
+from starter.cli import FAILED, NOT_FOUND, OK
 from starter.schedules import AccountReconcileSchedules, reconcile_schedule_id
 from tests.fixtures.temporal import Engine
 from tests.test_api import api_user
@@ -115,3 +115,13 @@ async def test_each_account_has_a_schedule_before_the_open_in_market_hours_and_a
         assert comments == {"before the open", "market hours", "after the close: the broker's end of day"}
     finally:
         await AccountReconcileSchedules(engine.client, engine.settings).delete(account_id)
+
+
+async def test_a_reconcile_without_a_broker_session_says_to_log_in_again(engine: Engine, operator: Operator) -> None:
+    _, account_id = await engine.account("acct1")
+    engine.paper.control.expire_tokens()
+
+    failed = await operator("reconcile", "--account", str(account_id))
+
+    assert failed.code == FAILED, failed.output
+    assert "re-login needed" in failed.output and f"account {account_id}" in failed.output
