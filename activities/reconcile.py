@@ -39,7 +39,7 @@ from engine.reconcile import Finding, ReconcileReport, ReconcileRequest, ReportL
 from engine.settings import Settings
 from store import Store
 from store.errors import CredentialsMissing, FillMismatch, InvalidInput, PlacementConflict
-from store.reconcile import BrokerResolution, BrokerSquareOff
+from store.reconcile import NOT_PLACED, BrokerResolution, BrokerSquareOff
 from store.records import OrderRecord, StrategyRecord
 from store.types import MONEY_QUANTUM, readable
 
@@ -275,6 +275,17 @@ class ReconcileActivities:
         run.add(Finding.ORDER_NOT_PLACED, Verdict.REPAIRED,
                 f"{record.order_type} order {record.workflow_id}: no workflow follows it and no broker order "
                 f"carries its tag {record.tag}: {action}", **line)
+        await self._flag_short_fill(run, record, NOT_PLACED, 0)
+
+    async def _flag_short_fill(self, run: _Run, record: OrderRecord, status: str, filled: int) -> None:
+        """As the order's workflow would have: a partial fill, or an exit that left the position open,
+        is for a person."""
+        is_exit = record.order_type != "BUY"
+        if filled >= record.quantity or (filled == 0 and not is_exit):
+            return
+        reason = (f"{record.order_type} order {record.workflow_id} ended {status} "
+                  f"with {filled} of {record.quantity} filled")
+        await self._flag(run, record.strategy_id, reason + ("; the position is still open" if is_exit else ""))
 
     async def _cancel_unfollowed(
         self, run: _Run, record: OrderRecord, at_broker: BrokerOrder, line: dict[str, Any]
@@ -322,6 +333,7 @@ class ReconcileActivities:
         if changed:
             run.add(finding, Verdict.REPAIRED, what, broker_order_id=at_broker.order_id,
                     details=run.view(at_broker), **line)
+            await self._flag_short_fill(run, record, at_broker.status, at_broker.filled_quantity)
         else:
             run.add(Finding.ORDER_MATCHED, Verdict.MATCHED, f"{record.order_type} order agrees with the broker",
                     broker_order_id=at_broker.order_id, **line)

@@ -143,6 +143,7 @@ async def test_a_terminated_workflow_is_settled_from_the_broker_and_its_strategy
     after = await engine.store.get_strategy(strategy.id)
     assert after.active_order_workflow_id is None  # the strategy may trade again
     assert (after.position, after.open_quantity, after.entry_price) == ("LONG", 5, Decimal("3500.25"))
+    assert after.needs_intervention and "with 5 of 10 filled" in str(after.intervention_reason)  # as the workflow
     order = await engine.store.get_order(blocked.active_order_workflow_id)
     assert (order.status, order.filled_quantity, order.outcome) == ("CANCELLED", 5, "SUCCESS")
     events = await engine.store.order_events(order.workflow_id)
