@@ -457,3 +457,34 @@ async def test_a_reset_past_the_placement_releases_the_old_orders_claim(engine: 
     assert (await engine.store.get_strategy(strategy.id)).active_order_workflow_id is None
     await wait_for_broker(engine, broker_order_id, lambda o: o["status"] == "CANCELLED")
     assert placed_orders(engine) == before
+
+
+async def test_an_order_the_store_knows_as_unplaced_is_adopted_by_its_tag_and_applied_once(engine: Engine) -> None:
+    engine.paper.control.set_price("INFY", "1500.50")
+    # The broker takes the order and its answer never comes: the store has no broker order id.
+    engine.paper.control.add_fault("accept_then_timeout", route="place_order", seconds=5)
+    strategy = await engine.strategy("INFY", quantity=4, api_key=API_KEY)
+    handle = await engine.starter.place_buy_order(strategy)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not engine.paper.control.orders() or engine.paper.control.orders()[0]["order_id"] is None:
+        assert time.monotonic() < deadline, "the broker never took the order"
+        await asyncio.sleep(0.02)
+    await handle.terminate("operator terminated it")  # before any retry looked the tag up
+    key = str((await engine.store.get_strategy(strategy.id)).active_order_workflow_id)
+    assert (await engine.store.get_order(key)).broker_order_id is None
+    [taken] = engine.paper.control.orders()
+    await wait_for_broker(engine, taken["order_id"], lambda o: o["status"] == "COMPLETE")
+
+    report = await reconcile(engine, strategy.broker_account_id)
+
+    [adopted] = lines(report, Finding.ORDER_ADOPTED)
+    assert adopted.verdict is Verdict.REPAIRED and adopted.broker_order_id == taken["order_id"]
+    order = await engine.store.get_order(key)
+    assert (order.broker_order_id, order.adopted, order.status, order.filled_quantity) == (
+        taken["order_id"], True, "COMPLETE", 4)
+    after = await engine.store.get_strategy(strategy.id)
+    assert (after.open_quantity, after.entry_price, after.active_order_workflow_id) == (4, Decimal("1500.50"), None)
+    assert len(engine.paper.control.orders()) == 1
+
+    again = await reconcile(engine, strategy.broker_account_id)
+    assert again.repaired == 0 and (await engine.store.get_strategy(strategy.id)).open_quantity == 4
