@@ -21,6 +21,7 @@ from activities.alerts import AlertActivities
 from activities.control import AlertDeliveryActivities, ControlActivities, alert_sinks_from_settings
 from activities.order import BrokerFactory, OrderActivities
 from activities.rate_limit import StorePacer
+from activities.reconcile import ReconcileActivities
 from apps.metrics import worker_telemetry
 from brokers.factory import KiteBrokerFactory
 from engine.events import EventBus
@@ -33,11 +34,12 @@ from starter.schedules import ScheduledOrderActivities
 from store import Store
 from workflows.emergency_stop import AlertDeliveryWorkflow, EmergencyStopWorkflow
 from workflows.order import OrderWorkflow
+from workflows.reconcile import ReconcileWorkflow
 from workflows.scheduled import ScheduledOrderWorkflow
 
 log = logging.getLogger("engine.worker")
 
-WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow]
+WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow, ReconcileWorkflow]
 
 
 @dataclass
@@ -47,6 +49,7 @@ class WorkerParts:
     control_activities: ControlActivities
     alert_delivery: AlertDeliveryActivities
     scheduled: ScheduledOrderActivities
+    reconcile: ReconcileActivities | None = None
 
     def activities(self) -> list:
         orders, alerts, control = self.order_activities, self.alert_activities, self.control_activities
@@ -67,7 +70,13 @@ class WorkerParts:
             self.alert_delivery.configured_sinks,
             self.alert_delivery.deliver_alert,
             self.scheduled.start_scheduled_order,
+            *self.reconcile_activities(),
         ]
+
+    def reconcile_activities(self) -> list:
+        if self.reconcile is None:
+            return []
+        return [self.reconcile.reconcile_account, self.reconcile.reconcile_accounts]
 
 
 def build_worker(
@@ -94,6 +103,10 @@ def build_worker(
         control_activities=ControlActivities(store, client, settings),
         alert_delivery=AlertDeliveryActivities(alert_sinks_from_settings(settings)),
         scheduled=ScheduledOrderActivities(OrderStarter(client, store, settings)),
+    )
+    # Reconciliation reads the broker like the order path and cancels through the same per-account pacer.
+    parts.reconcile = ReconcileActivities(
+        store, parts.order_activities.brokers, client, settings, parts.order_activities.pacer
     )
     worker = Worker(
         client,

@@ -87,6 +87,31 @@ class Position:
     pnl: Decimal
 
 
+@dataclass(frozen=True)
+class BrokerTrade:
+    """One fill of one order, from the day's trade book."""
+
+    trade_id: str
+    order_id: str
+    exchange: str
+    tradingsymbol: str
+    product: str
+    transaction_type: str
+    quantity: int
+    price: Decimal
+    fill_timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Delivery shares in the demat account (CNC bought on earlier days), settled or not (T1)."""
+
+    exchange: str
+    tradingsymbol: str
+    quantity: int  # settled and T1 together
+    average_price: Decimal
+
+
 class Broker(Protocol):
     """What the engine needs of a broker. Every method raises a `brokers.errors.BrokerError`."""
 
@@ -126,3 +151,11 @@ class Broker(Protocol):
     async def positions(self) -> list[Position]: ...
 
     async def last_price(self, exchange: str, tradingsymbol: str) -> Decimal: ...
+
+    async def trades(self) -> list[BrokerTrade]:
+        """Today's trade book: every fill of every order, oldest first."""
+        ...
+
+    async def holdings(self) -> list[Holding]:
+        """The demat holdings: CNC positions of earlier days land here."""
+        ...

@@ -28,7 +28,7 @@ from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_exceptions
 from requests.adapters import HTTPAdapter
 
-from brokers.base import BrokerOrder, OrderRequest, Position
+from brokers.base import BrokerOrder, BrokerTrade, Holding, OrderRequest, Position
 from brokers.errors import (
     AccountError,
     AmbiguousBrokerError,
@@ -94,6 +94,8 @@ class KiteClient(Protocol):
     def orders(self) -> Any: ...
     def order_history(self, order_id: str) -> Any: ...
     def positions(self) -> Any: ...
+    def trades(self) -> Any: ...
+    def holdings(self) -> Any: ...
     def ltp(self, *instruments: str) -> Any: ...
 
 
@@ -331,6 +333,18 @@ class KiteBroker:
             return [position_from_kite(row) for row in _rows(answer["net"])]
 
         return await self._call("positions", net_positions)
+
+    async def trades(self) -> list[BrokerTrade]:
+        def trade_book() -> list[BrokerTrade]:
+            return [trade_from_kite(row) for row in _rows(self._client.trades())]
+
+        return await self._call("trades", trade_book)
+
+    async def holdings(self) -> list[Holding]:
+        def demat() -> list[Holding]:
+            return [holding_from_kite(row) for row in _rows(self._client.holdings())]
+
+        return await self._call("holdings", demat)
 
     async def last_price(self, exchange: str, tradingsymbol: str) -> Decimal:
         instrument = f"{exchange}:{tradingsymbol}"
@@ -611,6 +625,31 @@ def position_from_kite(row: Mapping[str, Any]) -> Position:
         average_price=_price(row.get("average_price"), exchange),
         last_price=_price(row.get("last_price"), exchange),
         pnl=_price(row.get("pnl"), exchange),
+    )
+
+
+def trade_from_kite(row: Mapping[str, Any]) -> BrokerTrade:
+    exchange = str(row["exchange"])
+    return BrokerTrade(
+        trade_id=str(row["trade_id"]),
+        order_id=str(row["order_id"]),
+        exchange=exchange,
+        tradingsymbol=str(row["tradingsymbol"]),
+        product=str(row["product"]),
+        transaction_type=str(row["transaction_type"]),
+        quantity=_quantity(row.get("quantity")),
+        price=_price(row.get("average_price"), exchange),
+        fill_timestamp=_timestamp(row.get("fill_timestamp")),
+    )
+
+
+def holding_from_kite(row: Mapping[str, Any]) -> Holding:
+    exchange = str(row["exchange"])
+    return Holding(
+        exchange=exchange,
+        tradingsymbol=str(row["tradingsymbol"]),
+        quantity=_quantity(row.get("quantity")) + _quantity(row.get("t1_quantity")),
+        average_price=_price(row.get("average_price"), exchange),
     )
 
 

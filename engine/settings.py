@@ -6,6 +6,7 @@ conventions through `temporalio.envconfig.ClientConfig`; see `engine.temporal.co
 
 from __future__ import annotations
 
+from datetime import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     kite_root: str | None = None
     broker_http_timeout_seconds: float = Field(default=7.0, gt=0)
     broker_orders_per_second: int = Field(default=10, ge=1)
+
+    # Reconciliation (docs/control.md). Kite squares off open MIS positions itself from this time (IST).
+    broker_square_off_time: time = time(15, 20)
+    reconcile_interval_minutes: int = Field(default=5, ge=1, le=60)
 
     # Alerts.
     alert_webhook_url: str | None = None

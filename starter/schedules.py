@@ -42,11 +42,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from engine.errors import DuplicateOrderError
 from engine.ids import OrderType
 from engine.market_hours import IST, parse_holidays
+from engine.reconcile import ReconcileRequest
 from engine.settings import Settings
 from engine.temporal import ORDER_TYPE, STRATEGY_ID, USER_ID
 from starter.orders import OrderStarter
 from store.errors import StoreError, StrategyNotFound
 from store.records import StrategyRecord, StrategyStatus
+from workflows.reconcile import ReconcileWorkflow, reconcile_workflow_id
 from workflows.scheduled import (
     START_SCHEDULED_ORDER,
     ScheduledOrder,
@@ -359,3 +361,82 @@ def stale_fire(strategy: StrategyRecord, request: ScheduledOrder) -> str | None:
 
 def _activity_failure(error: StoreError) -> ApplicationError:
     return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable)
+
+
+# Reconciliation: one Schedule per broker account (docs/control.md, "Reconciliation").
+
+RECONCILE_PRE_OPEN = time(9, 0)
+RECONCILE_AFTER_CLOSE = time(15, 45)  # after Kite's MIS square-off (~15:20) and the close (15:30)
+RECONCILE_CATCHUP_WINDOW = timedelta(minutes=10)  # a reconcile only reads and repairs: late is still useful
+
+
+def reconcile_schedule_id(account_id: int) -> str:
+    return f"reconcile:{account_id}"
+
+
+def reconcile_spec(every_minutes: int, holidays: Iterable[date]) -> ScheduleSpec:
+    """Before the open, every `every_minutes` from 09:15 to 15:30, and after the close; IST weekdays,
+    NSE holidays skipped."""
+    weekdays = [MONDAY_TO_FRIDAY]
+
+    def at(hour: int, minutes: ScheduleRange, comment: str) -> ScheduleCalendarSpec:
+        return ScheduleCalendarSpec(
+            second=[ScheduleRange(0)], minute=[minutes], hour=[ScheduleRange(hour)], day_of_week=weekdays,
+            comment=comment,
+        )
+
+    market_hours = [at(9, ScheduleRange(15, 59, every_minutes), "market hours")]
+    market_hours += [at(hour, ScheduleRange(0, 59, every_minutes), "market hours") for hour in range(10, 15)]
+    market_hours.append(at(15, ScheduleRange(0, 30, every_minutes), "market hours"))
+    pre_open, after_close = RECONCILE_PRE_OPEN, RECONCILE_AFTER_CLOSE
+    calendars = [
+        at(pre_open.hour, ScheduleRange(pre_open.minute), "before the open"),
+        *market_hours,
+        at(after_close.hour, ScheduleRange(after_close.minute), "after the close: the broker's end of day"),
+    ]
+    base = trading_day_spec(pre_open, holidays)
+    return ScheduleSpec(calendars=calendars, skip=base.skip, time_zone_name=TIME_ZONE)
+
+
+class AccountReconcileSchedules:
+    """Creates (or updates) and deletes the reconcile Schedule of broker accounts."""
+
+    def __init__(self, client: Client, settings: Settings):
+        self.client = client
+        self.settings = settings
+        self.holidays = parse_holidays(settings.nse_holidays)
+
+    def schedule_for(self, account_id: int) -> Schedule:
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                ReconcileWorkflow.run,
+                ReconcileRequest(account_id=account_id, requested_by="schedule"),
+                id=reconcile_workflow_id(account_id, "scheduled"),
+                task_queue=self.settings.task_queue,
+                execution_timeout=timedelta(minutes=30),
+                static_summary=f"reconcile broker account {account_id}",
+            ),
+            spec=reconcile_spec(self.settings.reconcile_interval_minutes, self.holidays),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=RECONCILE_CATCHUP_WINDOW),
+        )
+
+    async def sync(self, account_id: int) -> None:
+        identifier = reconcile_schedule_id(account_id)
+        schedule = self.schedule_for(account_id)
+        try:
+            await self.client.create_schedule(identifier, schedule)
+            log.info("schedule %s created", identifier)
+        except ScheduleAlreadyRunningError:
+
+            def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=schedule)
+
+            await self.client.get_schedule_handle(identifier).update(replace)
+            log.info("schedule %s updated", identifier)
+
+    async def delete(self, account_id: int) -> None:
+        try:
+            await self.client.get_schedule_handle(reconcile_schedule_id(account_id)).delete()
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise

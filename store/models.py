@@ -221,3 +221,21 @@ class OrderEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(json_document())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReconcileReportRow(Base):
+    """One reconcile run of one broker account: the counts, and every line of its report."""
+
+    __tablename__ = "reconcile_reports"
+    __table_args__ = (Index("ix_reconcile_reports_broker_account_id_id", "broker_account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    broker_account_id: Mapped[int] = mapped_column(ForeignKey("broker_accounts.id"))
+    requested_by: Mapped[str] = mapped_column(String(64))
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    matched: Mapped[int] = mapped_column(Integer)
+    repaired: Mapped[int] = mapped_column(Integer)
+    needs_person: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(json_document())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)

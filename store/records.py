@@ -42,6 +42,7 @@ class LogStatus(StrEnum):
 class ExitReason(StrEnum):
     STOP_LOSS = "STOP_LOSS"
     SCHEDULED_EXIT = "SCHEDULED_EXIT"
+    BROKER_SQUARE_OFF = "BROKER_SQUARE_OFF"  # the broker closed an intraday position itself
 
 
 class OrderEventType(StrEnum):

@@ -6,10 +6,11 @@ from store.accounts import AccountsMixin
 from store.history import HistoryMixin
 from store.orders import OrdersMixin
 from store.rate_limits import RateLimitsMixin
+from store.reconcile import ReconcileMixin
 from store.strategies import StrategiesMixin
 
 
-class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin, RateLimitsMixin):
+class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin, RateLimitsMixin, ReconcileMixin):
     """Users and broker accounts, strategies, the order lifecycle and its audit trail.
 
     `await Store.connect(url, secret_key)`, then `await store.migrate()` once, `await store.close()`

@@ -89,6 +89,7 @@ class FakeKiteClient:
         self.book: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = [kite_order()]
         self.net_positions: list[dict[str, Any]] = []
+        self.trade_book: list[dict[str, Any]] = []
         self.quotes: Any = {}
         self.order_id: Any = "250101000000001"
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -121,6 +122,12 @@ class FakeKiteClient:
 
     def positions(self) -> Any:
         return self._answer("positions", {"net": self.net_positions, "day": []})
+
+    def trades(self) -> Any:
+        return self._answer("trades", self.trade_book)
+
+    def holdings(self) -> Any:
+        return self._answer("holdings", [])
 
     def ltp(self, *instruments: str) -> Any:
         return self._answer("ltp", self.quotes, instruments=instruments)

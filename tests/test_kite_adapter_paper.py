@@ -101,6 +101,27 @@ async def test_market_order_is_placed_once_and_followed_to_complete(
     assert len(placed_with_tag(paper, "HAPPY1")) == 1
 
 
+async def test_the_trade_book_holds_each_fill_with_its_price_and_time(broker: KiteBroker) -> None:
+    order_id = await broker.place_order(market_buy("TRADES1", quantity=4))
+    await follow(broker, order_id)
+
+    [trade] = await broker.trades()
+
+    assert (trade.order_id, trade.tradingsymbol, trade.product, trade.transaction_type) == (
+        order_id, "RELIANCE", "MIS", "BUY")
+    assert (trade.quantity, trade.price) == (4, Decimal("2500.50"))
+    assert trade.fill_timestamp is not None and trade.trade_id
+
+
+async def test_the_holdings_hold_the_demat_shares(paper: PaperBrokerServer, broker: KiteBroker) -> None:
+    paper.control.set_account(API_KEY, holdings={"NSE:ITC": {"quantity": 12, "average_price": "440.25"}})
+
+    [holding] = await broker.holdings()
+
+    assert (holding.exchange, holding.tradingsymbol, holding.quantity) == ("NSE", "ITC", 12)
+    assert holding.average_price == Decimal("440.25")
+
+
 async def test_resting_limit_order_is_modified_then_cancelled(broker: KiteBroker) -> None:
     order_id = await broker.place_order(market_buy("LIMIT1", order_type="LIMIT", price=Decimal("2400.05"),
                                                    market_protection=None))

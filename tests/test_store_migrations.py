@@ -36,6 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ORDER_TABLES = {"orders", "order_logs", "order_events"}
 ACCOUNT_TABLES = {"users", "broker_accounts", "strategies"}
 RATE_LIMIT_TABLES = {"order_rate_limits"}
+RECONCILE_TABLES = {"reconcile_reports"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -78,7 +79,7 @@ async def test_a_fresh_database_migrates_to_exactly_the_models(empty_store: Stor
 
     await empty_store.migrate()
     assert await migrations.current_revision(empty_store.engine) == migrations.head_revision()
-    assert await tables(empty_store.engine) == ACCOUNT_TABLES | ORDER_TABLES | RATE_LIMIT_TABLES
+    assert await tables(empty_store.engine) == ACCOUNT_TABLES | ORDER_TABLES | RATE_LIMIT_TABLES | RECONCILE_TABLES
     assert await schema_differences(empty_store.engine) == []
 
     await empty_store.migrate()  # a second start finds nothing to do
