@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from brokers.base import TERMINAL_STATUSES
+from engine.order_state import TERMINAL_STATUSES
 from store import validation as check
 from store.base import StoreBase, strategy_record, to_record, utc_now
 from store.errors import FillMismatch, InvalidInput, PlacementConflict

@@ -14,9 +14,9 @@ from apps.cli.common import FAILED, NOT_FOUND, OK
 from dev.devserver import DevServer
 from engine.market_hours import IST
 from starter.schedules import AccountReconcileSchedules, reconcile_schedule_id
+from tests.fixtures.cli import Operator
 from tests.fixtures.temporal import Engine
 from tests.test_api import api_user
-from tests.test_cli import Operator
 
 
 @pytest.fixture
