@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from temporalio.client import Client
@@ -200,6 +200,9 @@ def test_sequences_of_requests_keep_the_api_whole(fuzz_target: FuzzTarget) -> No
         settings=settings(
             max_examples=STATEFUL_EXAMPLES, stateful_step_count=6, deadline=None, database=None,
             suppress_health_check=list(HealthCheck),
+            # Which rules apply depends on what the live API answered, so a replay to shrink a sequence
+            # cannot draw the same steps again (Hypothesis reports FlakyStrategyDefinition): generate only.
+            phases=[Phase.generate],
         )
     )
 
