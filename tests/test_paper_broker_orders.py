@@ -130,7 +130,8 @@ def test_a_partial_fill_that_stops_leaves_the_order_open_and_cancel_keeps_it(
 
     assert kite.cancel_order("regular", order_id) == order_id
     cancelled = kite.order_history(order_id)[-1]
-    assert (cancelled["status"], cancelled["filled_quantity"], cancelled["cancelled_quantity"]) == ("CANCELLED", 6, 4)
+    assert (cancelled["status"], cancelled["filled_quantity"], cancelled["cancelled_quantity"],
+            cancelled["pending_quantity"]) == ("CANCELLED", 6, 4, 4)
     assert statuses(kite, order_id)[-2:] == ["CANCEL PENDING", "CANCELLED"]
     assert kite.positions()["net"][0]["quantity"] == 6
 
@@ -233,8 +234,8 @@ def test_modifying_a_resting_limit_to_a_marketable_price_fills_it(paper: PaperBr
 
     done = wait_for_status(kite, order_id, "COMPLETE")
     assert (done["quantity"], done["filled_quantity"], done["modified"]) == (12, 12, True)
-    assert statuses(kite, order_id) == [*OPENING, "OPEN", "MODIFY VALIDATION PENDING", "MODIFY PENDING", "OPEN",
-                                        "COMPLETE"]
+    assert statuses(kite, order_id) == [*OPENING, "OPEN", "MODIFY VALIDATION PENDING", "MODIFY PENDING", "MODIFIED",
+                                        "OPEN", "COMPLETE"]
 
 
 def test_an_order_takes_25_modifications_and_no_more(paper: PaperBrokerServer, kite: KiteConnect) -> None:
@@ -307,8 +308,9 @@ def test_cancelling_a_resting_order_cancels_all_of_it(paper: PaperBrokerServer, 
     order_id = place(kite, order_type="LIMIT", price=1400, market_protection=None)
     kite.cancel_order("regular", order_id)
     done = kite.order_history(order_id)[-1]
+    # As in Kite's sample order book, a cancelled order keeps its pending quantity.
     assert (done["status"], done["filled_quantity"], done["cancelled_quantity"], done["pending_quantity"]) == \
-        ("CANCELLED", 0, 10, 0)
+        ("CANCELLED", 0, 10, 10)
     with pytest.raises(kite_errors.InputException):
         kite.cancel_order("regular", "999999999999999")
 
@@ -318,11 +320,10 @@ def test_cancelling_a_resting_order_cancels_all_of_it(paper: PaperBrokerServer, 
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"tradingsymbol": "NOSUCH"}, "NSE:NOSUCH is not traded"),
-    ({"quantity": 100_001}, "freeze limit of 100000"),
     ({"market_protection": 0}, "market protection"),
     ({"market_protection": None}, "market protection"),
-    ({"order_type": "SL-M", "trigger_price": 1400, "market_protection": 0}, "market protection"),
-], ids=["unknown symbol", "freeze limit", "market protection 0", "market protection missing", "SL-M protection 0"])
+    ({"order_type": "SL-M", "trigger_price": 1600, "market_protection": 0}, "market protection"),
+], ids=["unknown symbol", "market protection 0", "market protection missing", "SL-M protection 0"])
 def test_orders_kite_would_reject_end_rejected_with_a_reason(
     paper: PaperBrokerServer, kite: KiteConnect, overrides: dict[str, Any], message: str
 ) -> None:
@@ -332,6 +333,35 @@ def test_orders_kite_would_reject_end_rejected_with_a_reason(
     assert message in done["status_message"]
     assert statuses(kite, order_id) == ["PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "REJECTED"]
     assert kite.trades() == []
+
+
+def test_an_order_above_the_freeze_quantity_is_refused_with_no_order_id(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    with pytest.raises(kite_errors.InputException, match="exceeds the freeze quantity of 100000") as refused:
+        place(kite, tradingsymbol="TATASTEEL", quantity=100_001, tag="big1")
+    assert refused.value.code == 400
+    assert kite.orders() == []
+    [request] = paper.control.orders()
+    assert (request["tag"], request["order_id"], request["http_status"]) == ("big1", None, 400)
+    # At the limit it is an ordinary order.
+    wait_for_status(kite, place(kite, tradingsymbol="TATASTEEL", quantity=100_000, tag="big2"), "COMPLETE")
+
+
+def test_a_stop_modified_onto_the_wrong_side_is_refused_and_keeps_its_trigger(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    order_id = place(kite, transaction_type="SELL", order_type="SL-M", trigger_price=1400)
+    with pytest.raises(kite_errors.InputException, match="stoploss sell"):
+        kite.modify_order("regular", order_id, trigger_price=1500)
+    assert money(kite.order_history(order_id)[-1]["trigger_price"]) == Decimal("1400")
+    # A stop that has fired already is a resting limit: its trigger no longer matters.
+    fired = place(kite, transaction_type="SELL", order_type="SL", trigger_price=1490, price=1485,
+                  market_protection=None)
+    paper.control.set_price("INFY", "1480")
+    wait_for_status(kite, fired, "OPEN")
+    kite.modify_order("regular", fired, trigger_price=1481, price=1481)
+    assert wait_for_status(kite, fired, "OPEN")["trigger_price"] == 1481
 
 
 def test_an_order_beyond_the_cash_is_rejected_for_margin(paper: PaperBrokerServer, kite: KiteConnect) -> None:
@@ -369,6 +399,12 @@ def test_an_open_order_blocks_margin_until_cancelled(paper: PaperBrokerServer, k
     ({"variety": "bracket"}, "variety"),
     ({"transaction_type": "HOLD"}, "transaction_type"),
     ({"market_protection": 101}, "market_protection"),
+    ({"quantity": 100_001}, "freeze quantity of 100000"),
+    ({"transaction_type": "SELL", "order_type": "SL-M", "trigger_price": 1500}, "stoploss sell"),
+    ({"transaction_type": "SELL", "order_type": "SL", "trigger_price": 1505, "price": 1500, "market_protection": None},
+     "stoploss sell"),
+    ({"order_type": "SL-M", "trigger_price": 1495}, "stoploss buy"),
+    ({"order_type": "SL", "trigger_price": 1500, "price": 1500, "market_protection": None}, "stoploss buy"),
 ])
 def test_bad_order_input_is_an_input_exception_naming_the_field(
     kite: KiteConnect, overrides: dict[str, Any], field: str

@@ -220,6 +220,9 @@ class PaperExchange:
         instrument = self.market.instrument(params.exchange, params.tradingsymbol)
         if instrument is not None:
             _check_ticks(instrument, params.order_type, params.price, params.trigger_price)
+            _check_freeze_quantity(instrument, params.quantity)
+            _check_trigger_side(params.order_type, params.transaction_type, params.trigger_price,
+                                self.market.last_price(instrument))
         self.counters.order += 1
         self.on_change(COUNTERS_KEY)
         order = Order(
@@ -282,9 +285,6 @@ class PaperExchange:
         if instrument is None:
             return (f"Instrument {instrument_key(params.exchange, params.tradingsymbol)} is not traded "
                     "on this exchange. Check the exchange and trading symbol.")
-        if params.quantity > instrument.freeze_quantity:
-            return (f"Quantity {params.quantity} exceeds the freeze limit of {instrument.freeze_quantity} "
-                    f"for {params.tradingsymbol}. Split the order into smaller orders.")
         if params.order_type in MARKET_PROTECTED_ORDER_TYPES and not params.market_protection:
             return ("Market orders without market protection are not allowed via API. Set "
                     "market_protection to -1 (automatic) or a percentage, or place a LIMIT order.")
@@ -330,6 +330,10 @@ class PaperExchange:
         instrument = self.market.instrument(order.exchange, order.tradingsymbol)
         assert instrument is not None  # only placed orders of known instruments are live
         _check_ticks(instrument, order_type, price, trigger_price)
+        _check_freeze_quantity(instrument, quantity)
+        if not (order.triggered and state.order_type in TRIGGERED_ORDER_TYPES):
+            # A stop still to fire (or becoming one) must be on the far side of the price.
+            _check_trigger_side(order_type, order.transaction_type, trigger_price, self.market.last_price(instrument))
         market_protection = params.market_protection if params.market_protection is not None \
             else order.market_protection
         if order_type in MARKET_PROTECTED_ORDER_TYPES and not market_protection:
@@ -367,7 +371,8 @@ class PaperExchange:
             back = S.OPEN
         exchange_times = {} if back == S.AMO_REQ_RECEIVED else {"exchange_timestamp": now,
                                                                 "exchange_update_timestamp": now}
-        order.advance(back, modified=True, **changes, **exchange_times)
+        order.advance(S.MODIFIED, modified=True, **changes, **exchange_times)
+        order.advance(back)
         self._evaluate(order)
         self.on_change(order_key(order.order_id))
         return order
@@ -569,6 +574,24 @@ def _check_ticks(instrument: Instrument, order_type: str, price: Decimal, trigge
         if needed and not instrument.on_tick(value):
             raise InputError(f"Tick size for this script is {instrument.tick_size}. Kindly enter the "
                              f"`{name}` ({value}) in multiples of the tick size.")
+
+
+def _check_freeze_quantity(instrument: Instrument, quantity: int) -> None:
+    if quantity > instrument.freeze_quantity:
+        raise InputError(f"Quantity {quantity} exceeds the freeze quantity of {instrument.freeze_quantity} for "
+                         f"{instrument.tradingsymbol}. Place it in orders of at most {instrument.freeze_quantity}.")
+
+
+def _check_trigger_side(order_type: str, transaction_type: str, trigger_price: Decimal, last_price: Decimal) -> None:
+    """A stop fires when the price crosses it: one already crossed would fire at once, so Kite refuses it."""
+    if order_type not in TRIGGERED_ORDER_TYPES:
+        return
+    if transaction_type == "SELL" and trigger_price >= last_price:
+        raise InputError(f"Trigger price for stoploss sell orders should be lower than the last traded price "
+                         f"({last_price}). Check the trigger_price ({trigger_price}).")
+    if transaction_type == "BUY" and trigger_price <= last_price:
+        raise InputError(f"Trigger price for stoploss buy orders should be higher than the last traded price "
+                         f"({last_price}). Check the trigger_price ({trigger_price}).")
 
 
 def _check_variety(order: Order, variety: str) -> None:
