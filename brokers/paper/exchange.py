@@ -20,7 +20,7 @@ from typing import Any
 from brokers.base import OrderStatus
 from brokers.paper.accounts import AMOUNT_QUANTUM, DEFAULT_CASH, AccessToken, Account, Position, margin_rate
 from brokers.paper.clock import epoch_now, next_token_expiry, now_ist
-from brokers.paper.errors import InputError, MarginError, OrderError, TokenError
+from brokers.paper.errors import HoldingError, InputError, MarginError, OrderError, TokenError
 from brokers.paper.instruments import Instrument, instrument_key
 from brokers.paper.market import Market
 from brokers.paper.orders import MODIFIABLE, FillSettings, Order, OrderState, Trade
@@ -223,6 +223,8 @@ class PaperExchange:
             _check_freeze_quantity(instrument, params.quantity)
             _check_trigger_side(params.order_type, params.transaction_type, params.trigger_price,
                                 self.market.last_price(instrument))
+            if params.product == "CNC" and params.transaction_type == "SELL":
+                self._check_holdings(account, instrument, params.quantity)
         self.counters.order += 1
         self.on_change(COUNTERS_KEY)
         order = Order(
@@ -295,6 +297,24 @@ class PaperExchange:
                     f"{available:.2f}. Check the orderbook for open orders.")
         return None
 
+    def sellable_quantity(self, account: Account, instrument: Instrument, *, besides: str | None = None) -> int:
+        """Delivery quantity a CNC sell may use: holdings, plus today's CNC buys (Kite's T1), less open CNC sells."""
+        sellable = account.net_quantity(instrument.exchange, instrument.tradingsymbol, "CNC")
+        for order_id in self._live_by_account.get(account.api_key, ()):
+            order = self.orders[order_id]
+            if order_id != besides and order.product == "CNC" and not order.is_buy and \
+                    (order.exchange, order.tradingsymbol) == (instrument.exchange, instrument.tradingsymbol):
+                sellable -= order.state.pending_quantity
+        return max(0, sellable)
+
+    def _check_holdings(self, account: Account, instrument: Instrument, quantity: int,
+                        *, besides: str | None = None) -> None:
+        sellable = self.sellable_quantity(account, instrument, besides=besides)
+        if quantity > sellable:
+            raise HoldingError(
+                f"Insufficient holdings: you can sell {sellable} of {instrument.tradingsymbol} as delivery (CNC) "
+                f"but the order is for {quantity}. Check your holdings and open sell orders, or sell as MIS.")
+
     def _required_margin(
         self, account: Account, order: Order, instrument: Instrument, state: OrderState
     ) -> Decimal:
@@ -331,6 +351,8 @@ class PaperExchange:
         assert instrument is not None  # only placed orders of known instruments are live
         _check_ticks(instrument, order_type, price, trigger_price)
         _check_freeze_quantity(instrument, quantity)
+        if order.product == "CNC" and not order.is_buy and quantity > state.quantity:
+            self._check_holdings(account, instrument, quantity - state.filled_quantity, besides=order.order_id)
         if not (order.triggered and state.order_type in TRIGGERED_ORDER_TYPES):
             # A stop still to fire (or becoming one) must be on the far side of the price.
             _check_trigger_side(order_type, order.transaction_type, trigger_price, self.market.last_price(instrument))
