@@ -240,12 +240,12 @@ def test_modifying_a_resting_limit_to_a_marketable_price_fills_it(paper: PaperBr
 
 def test_an_order_takes_25_modifications_and_no_more(paper: PaperBrokerServer, kite: KiteConnect) -> None:
     paper.control.set_rate_limit(0)  # 27 order requests at once
-    order_id = place(kite, order_type="LIMIT", price=1000, market_protection=None)
+    order_id = place(kite, order_type="LIMIT", price=1300, market_protection=None)
     for step in range(25):
-        kite.modify_order("regular", order_id, price=1000 + step)
+        kite.modify_order("regular", order_id, price=1300 + step)
     with pytest.raises(kite_errors.OrderException, match="25"):
-        kite.modify_order("regular", order_id, price=1100)
-    assert money(kite.order_history(order_id)[-1]["price"]) == Decimal("1024")
+        kite.modify_order("regular", order_id, price=1400)
+    assert money(kite.order_history(order_id)[-1]["price"]) == Decimal("1324")
 
 
 def test_modify_refuses_a_quantity_at_or_below_the_filled_one(paper: PaperBrokerServer, kite: KiteConnect) -> None:
@@ -271,7 +271,10 @@ def test_modify_to_market_needs_market_protection(paper: PaperBrokerServer, kite
     with pytest.raises(kite_errors.InputException, match="market protection"):
         kite.modify_order("regular", order_id, order_type="MARKET")
     kite.modify_order("regular", order_id, order_type="MARKET", market_protection=-1)
-    assert wait_for_status(kite, order_id, "COMPLETE")["order_type"] == "MARKET"
+    # As on Kite, it goes on as a limit at the protection price (automatic: 0.5 % above 1500).
+    done = wait_for_status(kite, order_id, "COMPLETE")
+    assert (done["order_type"], money(done["price"]), money(done["average_price"])) == (
+        "LIMIT", Decimal("1507.5"), Decimal("1500"))
 
 
 def test_modifying_a_trigger_moves_where_the_stop_loss_fires(paper: PaperBrokerServer, kite: KiteConnect) -> None:
@@ -285,12 +288,12 @@ def test_modifying_a_trigger_moves_where_the_stop_loss_fires(paper: PaperBrokerS
 def test_a_modification_the_account_cannot_fund_is_a_margin_exception(
     paper: PaperBrokerServer, kite: KiteConnect
 ) -> None:
-    paper.control.set_account(PAPER_API_KEY, cash="20000")
-    order_id = place(kite, order_type="LIMIT", price=1000, product="CNC", market_protection=None)
+    paper.control.set_account(PAPER_API_KEY, cash="26000")
+    order_id = place(kite, order_type="LIMIT", price=1300, product="CNC", market_protection=None)
     answer = httpx.put(f"{paper.url}/orders/regular/{order_id}", data={"quantity": "30"},
                        headers={"Authorization": f"token {kite.api_key}:{kite.access_token}"})
     assert (answer.status_code, answer.json()["error_type"]) == (400, "MarginException")
-    assert "Required margin is 30000.00 but available margin is 20000.00" in answer.json()["message"]
+    assert "Required margin is 39000.00 but available margin is 26000.00" in answer.json()["message"]
     # The 5.2.2 client has no MarginException class: it raises GeneralException.
     with pytest.raises(kite_errors.GeneralException):
         kite.modify_order("regular", order_id, quantity=30)
@@ -365,12 +368,12 @@ def test_a_stop_modified_onto_the_wrong_side_is_refused_and_keeps_its_trigger(
 
 
 def test_an_order_beyond_the_cash_is_rejected_for_margin(paper: PaperBrokerServer, kite: KiteConnect) -> None:
-    paper.control.set_account(PAPER_API_KEY, cash="2999")
-    rejected = place(kite)  # MIS: 20% of 10 x 1500 = 3000
-    assert "Insufficient funds. Required margin is 3000.00 but available margin is 2999.00" in \
+    paper.control.set_account(PAPER_API_KEY, cash="3014")
+    rejected = place(kite)  # MIS: 20% of 10 x 1507.50 (the market order's protection price) = 3015
+    assert "Insufficient funds. Required margin is 3015.00 but available margin is 3014.00" in \
         kite.order_history(rejected)[-1]["status_message"]
 
-    paper.control.set_account(PAPER_API_KEY, cash="3000")
+    paper.control.set_account(PAPER_API_KEY, cash="3015")
     bought = place(kite)
     wait_for_status(kite, bought, "COMPLETE")
     # Closing the position needs no margin even with none left.
@@ -380,8 +383,8 @@ def test_an_order_beyond_the_cash_is_rejected_for_margin(paper: PaperBrokerServe
 
 
 def test_an_open_order_blocks_margin_until_cancelled(paper: PaperBrokerServer, kite: KiteConnect) -> None:
-    order_id = place(kite, order_type="LIMIT", price=1000, product="CNC", market_protection=None)
-    assert money(kite.margins()["equity"]["utilised"]["debits"]) == Decimal("10000")
+    order_id = place(kite, order_type="LIMIT", price=1300, product="CNC", market_protection=None)
+    assert money(kite.margins()["equity"]["utilised"]["debits"]) == Decimal("13000")
     kite.cancel_order("regular", order_id)
     assert money(kite.margins()["equity"]["utilised"]["debits"]) == Decimal("0")
 
@@ -434,6 +437,6 @@ def test_positions_follow_buys_and_sells(paper: PaperBrokerServer, kite: KiteCon
 
 
 def test_the_engine_can_find_its_order_by_tag(paper: PaperBrokerServer, kite: KiteConnect) -> None:
-    place(kite, tag="other1", order_type="LIMIT", price=1000, market_protection=None)
-    mine = place(kite, tag="order77abc", order_type="LIMIT", price=1000, market_protection=None)
+    place(kite, tag="other1", order_type="LIMIT", price=1300, market_protection=None)
+    mine = place(kite, tag="order77abc", order_type="LIMIT", price=1300, market_protection=None)
     assert [order["order_id"] for order in kite.orders() if order["tag"] == "order77abc"] == [mine]

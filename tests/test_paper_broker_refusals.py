@@ -4,6 +4,7 @@ kiteconnect client and the engine's adapter."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -14,10 +15,13 @@ from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
 from brokers.base import OrderRequest
-from brokers.errors import InsufficientHoldingsError
+from brokers.errors import InsufficientHoldingsError, InvalidOrderError
 from brokers.kite import KiteBroker
 from brokers.paper.testing import PaperBrokerServer
 from tests.fixtures.paper import PAPER_API_KEY, wait_for_order, wait_for_status
+
+# Past the second trade of a fill split in two, one second apart.
+SECOND_TRADE_DUE_SECONDS = 1.5
 
 
 def place(kite: KiteConnect, **overrides: Any) -> str:
@@ -28,6 +32,10 @@ def place(kite: KiteConnect, **overrides: Any) -> str:
     }
     params.update(overrides)
     return kite.place_order(**params)
+
+
+def money(value: float) -> Decimal:
+    return Decimal(str(value))
 
 
 def raw_place(paper: PaperBrokerServer, kite: KiteConnect, **fields: Any) -> httpx.Response:
@@ -101,3 +109,90 @@ async def test_the_adapter_sees_insufficient_holdings_as_definitive(broker: Kite
     assert (refused.value.retryable, refused.value.error_type, refused.value.http_status) == (
         False, "HoldingException", 400)
     assert await broker.find_orders_by_tag("nohold1") == []
+
+
+# ---- circuit limits and market protection ----------------------------------------------------------
+
+
+def test_quote_shows_the_circuit_limits_and_prices_outside_them_are_refused(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    quote = kite.quote("NSE:INFY")["NSE:INFY"]
+    assert (money(quote["lower_circuit_limit"]), money(quote["upper_circuit_limit"])) == (
+        Decimal("1200"), Decimal("1800"))
+    for overrides, words in (
+        ({"order_type": "LIMIT", "price": 1199.95}, "lower than the current lower circuit limit of 1200.00"),
+        ({"order_type": "LIMIT", "price": 1800.05}, "higher than the current upper circuit limit of 1800.00"),
+        ({"order_type": "SL", "trigger_price": 1810, "price": 1815}, "upper circuit limit"),
+        ({"order_type": "SL-M", "trigger_price": 1805, "market_protection": -1}, "upper circuit limit"),
+    ):
+        with pytest.raises(kite_errors.InputException, match=words) as refused:
+            place(kite, **{"transaction_type": "BUY", "product": "MIS", "market_protection": None, **overrides})
+        assert refused.value.code == 400
+    assert kite.orders() == []
+    # At the limits themselves an order rests as usual.
+    at_lower = place(kite, transaction_type="BUY", product="MIS", order_type="LIMIT", price=1200,
+                     market_protection=None)
+    assert kite.order_history(at_lower)[-1]["status"] == "OPEN"
+
+
+async def test_the_adapter_sees_a_price_outside_the_band_as_invalid_input(broker: KiteBroker) -> None:
+    request = OrderRequest(exchange="NSE", tradingsymbol="INFY", transaction_type="BUY", quantity=1,
+                           order_type="LIMIT", price=Decimal("1100"), tag="band1")
+    with pytest.raises(InvalidOrderError, match="lower circuit limit") as refused:
+        await broker.place_order(request)
+    assert not refused.value.retryable
+    assert await broker.find_orders_by_tag("band1") == []
+
+
+@pytest.mark.parametrize(("side", "protection", "limit"), [
+    ("BUY", -1, "1507.5"),   # automatic: 0.5 % above a price over Rs 500
+    ("BUY", 2, "1530"),
+    ("SELL", -1, "1492.5"),
+    ("BUY", 50, "1800"),     # never beyond the circuit limit
+    ("SELL", 50, "1200"),
+])
+def test_a_protected_market_order_is_booked_as_a_limit_at_the_protection_price(
+    paper: PaperBrokerServer, kite: KiteConnect, side: str, protection: int, limit: str
+) -> None:
+    order_id = place(kite, transaction_type=side, product="MIS", market_protection=protection)
+    done = wait_for_status(kite, order_id, "COMPLETE")
+    assert (done["order_type"], money(done["price"]), done["market_protection"]) == ("LIMIT", Decimal(limit),
+                                                                                    protection)
+    assert money(done["average_price"]) == Decimal("1500")
+
+
+def test_automatic_protection_depends_on_the_price(paper: PaperBrokerServer, kite: KiteConnect) -> None:
+    paper.control.set_price("TATASTEEL", "160")   # Rs 100-500: 1 %
+    cheap = place(kite, tradingsymbol="TATASTEEL", transaction_type="BUY", product="MIS")
+    paper.control.set_price("WIPRO", "80")        # below Rs 100: 2 %
+    cheapest = place(kite, tradingsymbol="WIPRO", transaction_type="BUY", product="MIS")
+    assert money(kite.order_history(cheap)[-1]["price"]) == Decimal("161.6")
+    assert money(kite.order_history(cheapest)[-1]["price"]) == Decimal("81.6")
+
+
+def test_what_cannot_trade_inside_the_protection_stays_open_and_can_be_cancelled(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    paper.control.set_fill(partial_fills=2, partial_interval_seconds=1.0)
+    order_id = place(kite, transaction_type="BUY", product="MIS")   # a limit at 1507.50
+    wait_for_order(kite, order_id, lambda state: state["filled_quantity"] == 5)
+    paper.control.set_price("INFY", "1510")   # the price runs away before the second half
+    time.sleep(SECOND_TRADE_DUE_SECONDS)
+    state = kite.order_history(order_id)[-1]
+    assert (state["status"], state["filled_quantity"], state["pending_quantity"]) == ("OPEN", 5, 5)
+    kite.cancel_order("regular", order_id)
+    done = kite.order_history(order_id)[-1]
+    assert (done["status"], done["filled_quantity"], done["cancelled_quantity"]) == ("CANCELLED", 5, 5)
+
+
+def test_a_price_set_outside_the_band_starts_a_new_band_around_it(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    paper.control.set_price("INFY", "1700")   # inside: the band stays where it was
+    assert money(kite.quote("NSE:INFY")["NSE:INFY"]["upper_circuit_limit"]) == Decimal("1800")
+    paper.control.set_price("INFY", "2500")
+    quote = kite.quote("NSE:INFY")["NSE:INFY"]
+    assert (money(quote["lower_circuit_limit"]), money(quote["upper_circuit_limit"])) == (
+        Decimal("2000"), Decimal("3000"))
+    assert money(quote["ohlc"]["close"]) == Decimal("2500")

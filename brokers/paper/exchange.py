@@ -225,6 +225,13 @@ class PaperExchange:
                                 self.market.last_price(instrument))
             if params.product == "CNC" and params.transaction_type == "SELL":
                 self._check_holdings(account, instrument, params.quantity)
+            self._check_circuit(instrument, params.order_type, params.price, params.trigger_price)
+        order_type, price = params.order_type, params.price
+        if instrument is not None and order_type == "MARKET" and params.market_protection:
+            # As Kite does: a protected market order goes to the exchange as a limit at the protection price.
+            order_type = "LIMIT"
+            price = self.market.protection_price(instrument, params.transaction_type == "BUY",
+                                                 params.market_protection)
         self.counters.order += 1
         self.on_change(COUNTERS_KEY)
         order = Order(
@@ -244,11 +251,11 @@ class PaperExchange:
         )
         order.start(OrderState(
             status=S.PUT_ORDER_REQ_RECEIVED,
-            order_type=params.order_type,
+            order_type=order_type,
             validity=params.validity,
             quantity=params.quantity,
             disclosed_quantity=params.disclosed_quantity,
-            price=params.price,
+            price=price,
             trigger_price=params.trigger_price,
             order_timestamp=now,
         ))
@@ -315,6 +322,21 @@ class PaperExchange:
                 f"Insufficient holdings: you can sell {sellable} of {instrument.tradingsymbol} as delivery (CNC) "
                 f"but the order is for {quantity}. Check your holdings and open sell orders, or sell as MIS.")
 
+    def _check_circuit(self, instrument: Instrument, order_type: str, price: Decimal, trigger_price: Decimal) -> None:
+        """A price or trigger outside the day's circuit limits could never trade: Kite refuses it."""
+        quote = self.market.quote(instrument.key)
+        assert quote is not None
+        for name, value, needed in (("price", price, order_type in PRICED_ORDER_TYPES),
+                                    ("trigger_price", trigger_price, order_type in TRIGGERED_ORDER_TYPES)):
+            if not needed:
+                continue
+            if value < quote.lower_circuit_limit:
+                raise InputError(f"Your order {name} ({value}) is lower than the current lower circuit limit of "
+                                 f"{quote.lower_circuit_limit}. Place an order within the daily range.")
+            if value > quote.upper_circuit_limit:
+                raise InputError(f"Your order {name} ({value}) is higher than the current upper circuit limit of "
+                                 f"{quote.upper_circuit_limit}. Place an order within the daily range.")
+
     def _required_margin(
         self, account: Account, order: Order, instrument: Instrument, state: OrderState
     ) -> Decimal:
@@ -361,6 +383,10 @@ class PaperExchange:
         if order_type in MARKET_PROTECTED_ORDER_TYPES and not market_protection:
             raise InputError("Market orders without market protection are not allowed via API. Send "
                              "market_protection -1 (automatic) or a percentage with the modification.")
+        self._check_circuit(instrument, order_type, price, trigger_price)
+        if order_type == "MARKET":
+            order_type = "LIMIT"
+            price = self.market.protection_price(instrument, order.is_buy, market_protection)
 
         now = now_ist()
         changes: dict[str, Any] = {

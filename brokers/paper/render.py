@@ -17,7 +17,6 @@ EXCHANGES = ["NSE", "NFO", "BFO", "CDS", "BSE", "MCX", "BCD", "MF"]
 PRODUCTS = ["CNC", "NRML", "MIS", "BO", "CO"]
 ORDER_TYPES = ["MARKET", "LIMIT", "SL", "SL-M"]
 DEPTH_LEVELS = 5
-CIRCUIT_BAND = Decimal("0.2")
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -250,7 +249,6 @@ def ohlc_json(quote: Quote) -> dict[str, Any]:
 def quote_json(quote: Quote) -> dict[str, Any]:
     tick = quote.instrument.tick_size
     last_trade_time = quote.last_trade_time or quote.updated_at
-    band = (quote.close * CIRCUIT_BAND).quantize(tick)
     return {
         "instrument_token": quote.instrument.instrument_token,
         "timestamp": kite_time(quote.updated_at),
@@ -265,8 +263,8 @@ def quote_json(quote: Quote) -> dict[str, Any]:
         "oi_day_high": 0,
         "oi_day_low": 0,
         "net_change": quote.last_price - quote.close,
-        "lower_circuit_limit": quote.close - band,
-        "upper_circuit_limit": quote.close + band,
+        "lower_circuit_limit": quote.lower_circuit_limit,
+        "upper_circuit_limit": quote.upper_circuit_limit,
         "ohlc": _ohlc(quote),
         # An empty book a tick either side of the last price: the simulator fills at the last price.
         "depth": {
