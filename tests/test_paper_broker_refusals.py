@@ -189,6 +189,7 @@ def test_what_cannot_trade_inside_the_protection_stays_open_and_can_be_cancelled
 def test_a_price_set_outside_the_band_starts_a_new_band_around_it(
     paper: PaperBrokerServer, kite: KiteConnect
 ) -> None:
+    paper.control.set_rate_limits(quotes_per_second=0)  # two quotes in one second
     paper.control.set_price("INFY", "1700")   # inside: the band stays where it was
     assert money(kite.quote("NSE:INFY")["NSE:INFY"]["upper_circuit_limit"]) == Decimal("1800")
     paper.control.set_price("INFY", "2500")

@@ -17,6 +17,8 @@ import httpx
 
 Price = Decimal | int | str
 DEFAULT_TIMEOUT_SECONDS = 10.0
+RATE_LIMIT_NAMES = ("orders_per_second", "orders_per_minute", "orders_per_day", "quotes_per_second",
+                    "reads_per_second")
 
 
 class SimControlError(RuntimeError):
@@ -161,6 +163,14 @@ class SimControl:
         """Order requests per account per second before HTTP 429 (0: no limit) until the next reset."""
         self._send(_Call("PUT", "/_sim/rate", {"orders_per_second": orders_per_second}))
 
+    def set_rate_limits(self, **limits: int) -> dict[str, int]:
+        """orders_per_second, orders_per_minute, orders_per_day, quotes_per_second, reads_per_second (0: off)."""
+        return self._send(_Call("PUT", "/_sim/rate", limits))
+
+    def rate_limits_off(self) -> dict[str, int]:
+        """No rate limit of any kind until the next reset."""
+        return self.set_rate_limits(**{name: 0 for name in RATE_LIMIT_NAMES})
+
     def expire_tokens(self, api_key: str | None = None) -> int:
         return int(self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key}))["expired"])
 
@@ -240,6 +250,12 @@ class AsyncSimControl:
 
     async def set_rate_limit(self, orders_per_second: int) -> None:
         await self._send(_Call("PUT", "/_sim/rate", {"orders_per_second": orders_per_second}))
+
+    async def set_rate_limits(self, **limits: int) -> dict[str, int]:
+        return await self._send(_Call("PUT", "/_sim/rate", limits))
+
+    async def rate_limits_off(self) -> dict[str, int]:
+        return await self.set_rate_limits(**{name: 0 for name in RATE_LIMIT_NAMES})
 
     async def expire_tokens(self, api_key: str | None = None) -> int:
         return int((await self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key})))["expired"])

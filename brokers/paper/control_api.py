@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -21,7 +22,7 @@ from brokers.paper.exchange import account_key
 from brokers.paper.faults import positive_number
 from brokers.paper.market import parse_price
 from brokers.paper.orders import FillSettings
-from brokers.paper.request_log import OrderRequestRecord, received_at_text
+from brokers.paper.request_log import RATE_LIMIT_FIELDS, OrderRequestRecord, RateLimits, received_at_text
 from brokers.paper.simulator import RandomWalkSettings, Simulator
 
 FILL_FIELDS = ("delay_seconds", "partial_fills", "partial_interval_seconds", "fill_ratio")
@@ -139,16 +140,12 @@ class ControlApi:
         return [self._request_json(record) for record in self.sim.requests.records]
 
     async def rate(self, request: Request) -> dict[str, Any]:
-        return self.sim.requests.rate(self.sim.limiter.per_second)
+        return {**self.sim.requests.rate(self.sim.limiter.per_second), "limits": self.sim.limiter.limits.as_json()}
 
     async def set_rate_limit(self, request: Request) -> dict[str, Any]:
         body = await _json_object(request)
-        per_second = body.get("orders_per_second")
-        if set(body) != {"orders_per_second"} or isinstance(per_second, bool) or not isinstance(per_second, int) \
-                or per_second < 0:
-            raise ControlInputError('send {"orders_per_second": N}: a whole number, 0 for no limit')
-        self.sim.limiter.per_second = per_second
-        return {"orders_per_second": per_second}
+        self.sim.limiter.limits = parse_rate_limits(body, self.sim.limiter.limits)
+        return self.sim.limiter.limits.as_json()
 
     async def expire_tokens(self, request: Request) -> dict[str, Any]:
         body = await _json_object(request, allow_empty=True)
@@ -236,6 +233,17 @@ class ControlApi:
             "fault": record.fault,
             "rate_limited": record.rate_limited,
         }
+
+
+def parse_rate_limits(body: Mapping[str, Any], current: RateLimits) -> RateLimits:
+    unknown = set(body) - set(RATE_LIMIT_FIELDS)
+    if unknown or not body:
+        raise ControlInputError(f"send one or more of {', '.join(RATE_LIMIT_FIELDS)} (0: no limit); "
+                                f"unknown: {', '.join(sorted(unknown)) or 'none'}")
+    for name, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ControlInputError(f"{name} must be a whole number of requests, 0 for no limit; got {value!r}")
+    return replace(current, **body)
 
 
 def parse_fill_settings(body: Mapping[str, Any], current: FillSettings) -> FillSettings:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 JSON_CONTENT_TYPE = "application/json"
 # Routes whose answer must wait until the state file holds their change.
 MUTATING_ROUTES = ORDER_ROUTES | {"session"}
+# Kite limits these to 1 request a second, every other GET to 10.
+QUOTE_ROUTES = frozenset({"quote", "ltp", "ohlc"})
 
 
 class RawJson(bytes):
@@ -111,9 +113,15 @@ class KiteApi:
                     assert account is not None
                     record = self._record(name, account, request, form)
                     self.sim.changed(request_key(record.seq))
-                    if not self.sim.limiter.admit(account.api_key):
+                    refusal = self.sim.limiter.admit_order(account.api_key)
+                    if refusal is not None:
                         record.rate_limited = True
-                        raise RateLimitError()
+                        raise RateLimitError(refusal)
+                elif account is not None and request.method == "GET":
+                    refusal = (self.sim.limiter.admit_quote(account.api_key) if name in QUOTE_ROUTES
+                               else self.sim.limiter.admit_read(account.api_key))
+                    if refusal is not None:
+                        raise RateLimitError(refusal)
                 response = await self._run(name, handler, Call(request, account, form, None, record))
             except KiteError as error:
                 response = kite_failure(error)

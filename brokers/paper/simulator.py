@@ -16,9 +16,7 @@ from brokers.paper.exchange import ExchangeSettings, PaperExchange
 from brokers.paper.faults import FaultBook
 from brokers.paper.orders import FillSettings
 from brokers.paper.persistence import StateFile, StateFileError, all_keys, record_for, restore
-from brokers.paper.request_log import OrderRateLimiter, RequestLog
-
-KITE_ORDERS_PER_SECOND = 10
+from brokers.paper.request_log import RateLimiter, RateLimits, RequestLog
 
 
 @dataclass(frozen=True)
@@ -39,8 +37,8 @@ class PaperBrokerConfig:
     # None: access tokens live until 06:00 IST the next day, like Kite's.
     token_lifetime_seconds: float | None = None
     api_secret: str | None = field(default=None, repr=False)
-    # Order requests (place, modify, cancel) per account per second; 0 turns the limit off.
-    orders_per_second: int = KITE_ORDERS_PER_SECOND
+    # Kite's request limits per account (0 turns one off); `RateLimits.off()` for none.
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     state_file: Path | None = None
     random_walk: RandomWalkSettings = field(default_factory=RandomWalkSettings)
 
@@ -55,7 +53,7 @@ class Simulator:
         )
         self.faults = FaultBook()
         self.requests = RequestLog()
-        self.limiter = OrderRateLimiter(config.orders_per_second)
+        self.limiter = RateLimiter(config.rate_limits)
         self.random_walk = config.random_walk
         self._walker: asyncio.Task[None] | None = None
         self.state_file: StateFile | None = None
@@ -88,7 +86,7 @@ class Simulator:
         self.faults.clear()
         self.requests.clear()
         self.limiter.clear()
-        self.limiter.per_second = self.config.orders_per_second
+        self.limiter.limits = self.config.rate_limits
         self.random_walk = self.config.random_walk
         self._restart_walker()
 
