@@ -186,6 +186,14 @@ class SimControl:
     def accounts(self) -> list[dict[str, Any]]:
         return self._send(_Call("GET", "/_sim/accounts"))
 
+    def ticker_connections(self) -> list[dict[str, Any]]:
+        """Open WebSocket connections: api_key, user_id, modes by instrument token, ticks and order updates sent."""
+        return list(self._send(_Call("GET", "/_sim/ticker"))["connections"])
+
+    def drop_ticker_connections(self, api_key: str | None = None) -> int:
+        """Cut WebSocket connections (no close frame); KiteTicker reconnects and resubscribes."""
+        return int(self._send(_Call("POST", "/_sim/ticker/drop", {"api_key": api_key}))["dropped"])
+
 
 class AsyncSimControl:
     """`SimControl` for async code: the same methods, as coroutines."""
@@ -270,3 +278,9 @@ class AsyncSimControl:
 
     async def accounts(self) -> list[dict[str, Any]]:
         return await self._send(_Call("GET", "/_sim/accounts"))
+
+    async def ticker_connections(self) -> list[dict[str, Any]]:
+        return list((await self._send(_Call("GET", "/_sim/ticker")))["connections"])
+
+    async def drop_ticker_connections(self, api_key: str | None = None) -> int:
+        return int((await self._send(_Call("POST", "/_sim/ticker/drop", {"api_key": api_key})))["dropped"])

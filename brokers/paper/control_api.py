@@ -71,6 +71,8 @@ class ControlApi:
             route("/tokens/expire", "POST", self.expire_tokens),
             route("/accounts", "GET", self.accounts),
             route("/accounts/{api_key}", "PUT", self.set_account),
+            route("/ticker", "GET", self.ticker),
+            route("/ticker/drop", "POST", self.drop_ticker),
         ]
 
     def _wrap(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -153,6 +155,17 @@ class ControlApi:
         if api_key is not None and not isinstance(api_key, str):
             raise ControlInputError(f"api_key must be a string or null (every account); got {api_key!r}")
         return {"expired": self.exchange.expire_tokens(api_key)}
+
+    async def ticker(self, request: Request) -> dict[str, Any]:
+        return {"connections": [connection.as_json() for connection in self.sim.ticker.connections]}
+
+    async def drop_ticker(self, request: Request) -> dict[str, Any]:
+        """Cut WebSocket connections (one api_key's, or all) without a close frame: a network fault."""
+        body = await _json_object(request, allow_empty=True)
+        api_key = body.get("api_key")
+        if api_key is not None and not isinstance(api_key, str):
+            raise ControlInputError(f"api_key must be a string or null (every connection); got {api_key!r}")
+        return {"dropped": self.sim.ticker.drop(api_key)}
 
     async def accounts(self, request: Request) -> list[dict[str, Any]]:
         return [self._account_json(api_key) for api_key in self.exchange.accounts]

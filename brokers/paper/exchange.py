@@ -108,6 +108,8 @@ class PaperExchange:
         self._live_by_account: dict[str, set[str]] = {}
         self._fill_timers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Told the instruments whose quote changed (the ticker streams them).
+        self.on_quotes: Callable[[list[str]], None] = lambda keys: None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -487,13 +489,13 @@ class PaperExchange:
         return moved
 
     def reprice(self, keys: Iterable[str]) -> None:
-        moved = False
-        for key in keys:
-            moved = True
+        moved = list(keys)
+        for key in moved:
             for order_id in sorted(self._live_by_instrument.get(key, ())):
                 self._evaluate(self.orders[order_id])
         if moved:
             self.on_change(QUOTES_KEY)
+            self.on_quotes(moved)
 
     def _evaluate(self, order: Order) -> None:
         """Trigger, schedule fills for, or expire (IOC) a live order, as the last price allows."""
@@ -575,6 +577,7 @@ class PaperExchange:
         self.trades[trade.trade_id] = trade
         self.accounts[order.api_key].apply_trade(trade)
         self.market.record_trade(instrument, quantity, now)
+        self.on_quotes([instrument.key])
         for key in (COUNTERS_KEY, QUOTES_KEY, trade_key(trade.trade_id)):
             self.on_change(key)
         order.filled_value += price * quantity

@@ -99,6 +99,9 @@ class KiteApi:
             route("/quote", "GET", "quote", self.quote),
             route("/quote/ltp", "GET", "ltp", self.ltp),
             route("/quote/ohlc", "GET", "ohlc", self.ohlc),
+            # The instruments dump needs no session on Kite either; it is CSV, not the JSON envelope.
+            Route("/instruments", self.instruments, methods=["GET"], name="instruments"),
+            Route("/instruments/{exchange}", self.instruments, methods=["GET"], name="instruments_of"),
         ]
 
     # ---- the pipeline ---------------------------------------------------------------------------
@@ -258,6 +261,13 @@ class KiteApi:
         return [render.holding_json(holding, market.quote(key)) for key, holding in call.user.holdings.items()]
 
     # ---- market data ----------------------------------------------------------------------------
+
+    async def instruments(self, request: Request) -> Response:
+        exchange = request.path_params.get("exchange")
+        market = self.exchange.market
+        quotes = [quote for key in market.keys if (quote := market.quote(key)) is not None
+                  and (exchange is None or quote.instrument.exchange == exchange)]
+        return Response(render.instruments_csv(quotes), media_type="text/csv")
 
     def quote(self, call: Call) -> dict[str, Any]:
         return self._quotes(call, render.quote_json)

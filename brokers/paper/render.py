@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import secrets
 from decimal import Decimal
@@ -288,3 +290,22 @@ def _money(value: Decimal) -> Decimal:
 
 def _money4(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.0001"))
+
+
+INSTRUMENT_COLUMNS = ("instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
+                      "strike", "tick_size", "lot_size", "instrument_type", "segment", "exchange")
+
+
+def instruments_csv(quotes: list[Quote]) -> bytes:
+    """Kite's daily instruments dump: one CSV row per instrument, its token the ticker's key."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(INSTRUMENT_COLUMNS)
+    for quote in quotes:
+        instrument = quote.instrument
+        writer.writerow([
+            instrument.instrument_token, instrument.instrument_token >> 8, instrument.tradingsymbol,
+            instrument.tradingsymbol, quote.close, "", 0, instrument.tick_size, 1, "EQ", instrument.exchange,
+            instrument.exchange,
+        ])
+    return out.getvalue().encode()

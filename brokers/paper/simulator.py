@@ -17,6 +17,7 @@ from brokers.paper.faults import FaultBook
 from brokers.paper.orders import FillSettings
 from brokers.paper.persistence import StateFile, StateFileError, all_keys, record_for, restore
 from brokers.paper.request_log import RateLimiter, RateLimits, RequestLog
+from brokers.paper.ticker import TickerHub
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Simulator:
                              token_lifetime_seconds=config.token_lifetime_seconds, api_secret=config.api_secret),
             on_change=self.changed,
         )
+        self.ticker = TickerHub(self.exchange)
+        self.exchange.on_quotes = self.ticker.prices_moved
         self.faults = FaultBook()
         self.requests = RequestLog()
         self.limiter = RateLimiter(config.rate_limits)
@@ -83,6 +86,7 @@ class Simulator:
     def reset(self) -> None:
         """Forget all orders, accounts, tokens, requests and faults; defaults for prices and fills."""
         self.exchange.reset()
+        self.ticker.reset()
         self.faults.clear()
         self.requests.clear()
         self.limiter.clear()
@@ -106,6 +110,9 @@ class Simulator:
         """Note that the state under `key` changed, for the state file (no-op without one)."""
         if self.state_file is not None:
             self.state_file.mark_changed(key)
+        kind, _, order_id = key.partition(":")
+        if kind == "order" and (order := self.exchange.orders.get(order_id)) is not None:
+            self.ticker.order_changed(order)
 
     def _restart_walker(self) -> None:
         if self._walker is not None:
