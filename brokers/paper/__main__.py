@@ -74,6 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(limits, name),
                             help=f"{what} per account before HTTP 429; 0 = no limit (default %(default)s)")
     parser.add_argument("--no-rate-limits", action="store_true", help="turn every rate limit off")
+    parser.add_argument("--market-hours", action="store_true",
+                        help="refuse orders (but AMOs) outside 09:15-15:30 IST on weekdays, as Kite does")
     parser.add_argument("--random-walk", action="store_true", help="move prices at random from the start")
     parser.add_argument("--random-walk-interval", type=float, default=RandomWalkSettings().interval_seconds,
                         help="seconds between random-walk steps (default %(default)s)")
@@ -96,6 +98,7 @@ def config_from(args: argparse.Namespace) -> PaperBrokerConfig:
         rate_limits=RateLimits.off() if args.no_rate_limits else RateLimits(
             **{name: getattr(args, name) for name in RATE_LIMIT_FIELDS}),
         state_file=args.state_file,
+        market_hours=args.market_hours,
         random_walk=RandomWalkSettings(enabled=args.random_walk, interval_seconds=args.random_walk_interval),
     )
 

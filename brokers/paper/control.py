@@ -186,6 +186,22 @@ class SimControl:
     def accounts(self) -> list[dict[str, Any]]:
         return self._send(_Call("GET", "/_sim/accounts"))
 
+    def clock(self) -> dict[str, Any]:
+        """now (IST), offset_seconds, market_hours (enforced?), market_open."""
+        return self._send(_Call("GET", "/_sim/clock"))
+
+    def set_clock(self, *, now: str | None = None, advance_seconds: float | None = None,
+                  market_hours: bool | None = None) -> dict[str, Any]:
+        """Move the simulated clock to `now` ("YYYY-MM-DD HH:MM:SS", IST) or by `advance_seconds`;
+        `market_hours` turns the 09:15-15:30 check on or off. Until the next reset."""
+        body = {name: value for name, value in (("now", now), ("advance_seconds", advance_seconds),
+                                                 ("market_hours", market_hours)) if value is not None}
+        return self._send(_Call("PUT", "/_sim/clock", body))
+
+    def end_of_day(self) -> dict[str, list[str]]:
+        """Expire open DAY orders and square off MIS positions; returns both lists of order ids."""
+        return self._send(_Call("POST", "/_sim/end-of-day"))
+
     def ticker_connections(self) -> list[dict[str, Any]]:
         """Open WebSocket connections: api_key, user_id, modes by instrument token, ticks and order updates sent."""
         return list(self._send(_Call("GET", "/_sim/ticker"))["connections"])
@@ -278,6 +294,18 @@ class AsyncSimControl:
 
     async def accounts(self) -> list[dict[str, Any]]:
         return await self._send(_Call("GET", "/_sim/accounts"))
+
+    async def clock(self) -> dict[str, Any]:
+        return await self._send(_Call("GET", "/_sim/clock"))
+
+    async def set_clock(self, *, now: str | None = None, advance_seconds: float | None = None,
+                        market_hours: bool | None = None) -> dict[str, Any]:
+        body = {name: value for name, value in (("now", now), ("advance_seconds", advance_seconds),
+                                                 ("market_hours", market_hours)) if value is not None}
+        return await self._send(_Call("PUT", "/_sim/clock", body))
+
+    async def end_of_day(self) -> dict[str, list[str]]:
+        return await self._send(_Call("POST", "/_sim/end-of-day"))
 
     async def ticker_connections(self) -> list[dict[str, Any]]:
         return list((await self._send(_Call("GET", "/_sim/ticker")))["connections"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from brokers.paper.accounts import Holding
+from brokers.paper.clock import IST, KITE_TIME_FORMAT, kite_time
 from brokers.paper.errors import ControlInputError
 from brokers.paper.exchange import account_key
 from brokers.paper.faults import positive_number
@@ -71,6 +73,9 @@ class ControlApi:
             route("/tokens/expire", "POST", self.expire_tokens),
             route("/accounts", "GET", self.accounts),
             route("/accounts/{api_key}", "PUT", self.set_account),
+            route("/clock", "GET", self.clock),
+            route("/clock", "PUT", self.set_clock),
+            route("/end-of-day", "POST", self.end_of_day),
             route("/ticker", "GET", self.ticker),
             route("/ticker/drop", "POST", self.drop_ticker),
         ]
@@ -155,6 +160,37 @@ class ControlApi:
         if api_key is not None and not isinstance(api_key, str):
             raise ControlInputError(f"api_key must be a string or null (every account); got {api_key!r}")
         return {"expired": self.exchange.expire_tokens(api_key)}
+
+    async def clock(self, request: Request) -> dict[str, Any]:
+        clock = self.exchange.clock
+        return {"now": kite_time(clock.now()), "offset_seconds": clock.offset.total_seconds(),
+                "market_hours": self.exchange.market_hours, "market_open": clock.market_is_open()}
+
+    async def set_clock(self, request: Request) -> dict[str, Any]:
+        """`{"now": "YYYY-MM-DD HH:MM:SS"}` (IST) or `{"advance_seconds": N}`, and/or `{"market_hours": bool}`."""
+        body = await _json_object(request)
+        unknown = set(body) - {"now", "advance_seconds", "market_hours"}
+        if unknown or not body or {"now", "advance_seconds"} <= set(body):
+            raise ControlInputError('send {"now": "YYYY-MM-DD HH:MM:SS"} (IST) or {"advance_seconds": N}, '
+                                    'and/or {"market_hours": true|false}')
+        clock = self.exchange.clock
+        if "now" in body:
+            try:
+                moment = datetime.strptime(str(body["now"]), KITE_TIME_FORMAT).replace(tzinfo=IST)
+            except ValueError:
+                raise ControlInputError(f"now must be \"YYYY-MM-DD HH:MM:SS\" in IST; got {body['now']!r}") from None
+            clock.set_now(moment)
+        if "advance_seconds" in body:
+            clock.advance(positive_number("advance_seconds", body["advance_seconds"]))
+        if "market_hours" in body:
+            if not isinstance(body["market_hours"], bool):
+                raise ControlInputError(f"market_hours must be true or false; got {body['market_hours']!r}")
+            self.exchange.market_hours = body["market_hours"]
+        return await self.clock(request)
+
+    async def end_of_day(self, request: Request) -> dict[str, Any]:
+        """Open DAY orders lapse and MIS positions are squared off, as at the close."""
+        return self.exchange.end_of_day()
 
     async def ticker(self, request: Request) -> dict[str, Any]:
         return {"connections": [connection.as_json() for connection in self.sim.ticker.connections]}

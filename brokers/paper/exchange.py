@@ -19,7 +19,7 @@ from typing import Any
 
 from brokers.base import OrderStatus
 from brokers.paper.accounts import AMOUNT_QUANTUM, DEFAULT_CASH, AccessToken, Account, Position, margin_rate
-from brokers.paper.clock import epoch_now, next_token_expiry, now_ist
+from brokers.paper.clock import SimClock, epoch_now, kite_time, next_token_expiry
 from brokers.paper.errors import HoldingError, InputError, MarginError, OrderError, TokenError
 from brokers.paper.instruments import Instrument, instrument_key
 from brokers.paper.market import Market
@@ -64,6 +64,7 @@ class ExchangeSettings:
     token_lifetime_seconds: float | None = None
     # When set, login checksums are verified against it; otherwise any well-formed checksum passes.
     api_secret: str | None = field(default=None, repr=False)
+    market_hours: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ class PaperExchange:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Told the instruments whose quote changed (the ticker streams them).
         self.on_quotes: Callable[[list[str]], None] = lambda keys: None
+        self.clock = SimClock()
+        # Off: orders are taken at any hour. On: outside 09:15-15:30 IST on weekdays only AMOs are taken.
+        self.market_hours = settings.market_hours
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -138,6 +142,8 @@ class PaperExchange:
         self._live_by_account.clear()
         self.market.reset()
         self.fill_settings = self.settings.fill
+        self.clock.reset()
+        self.market_hours = self.settings.market_hours
         self.on_change(ALL_STATE)
 
     def adopt(self, order: Order) -> None:
@@ -218,7 +224,10 @@ class PaperExchange:
 
         `reject_message` rejects it regardless (a fault injected through the control API).
         """
-        now = now_ist()
+        now = self.clock.now()
+        if self.market_hours and params.variety != "amo" and not self.clock.market_is_open():
+            raise InputError(f"Markets are closed right now ({kite_time(now)} IST; NSE trades 09:15-15:30 on "
+                             "weekdays). Place an after-market order (variety amo) to queue it for the next session.")
         instrument = self.market.instrument(params.exchange, params.tradingsymbol)
         if instrument is not None:
             _check_ticks(instrument, params.order_type, params.price, params.trigger_price)
@@ -390,7 +399,7 @@ class PaperExchange:
             order_type = "LIMIT"
             price = self.market.protection_price(instrument, order.is_buy, market_protection)
 
-        now = now_ist()
+        now = self.clock.now()
         changes: dict[str, Any] = {
             "quantity": quantity, "order_type": order_type, "price": price, "trigger_price": trigger_price,
             "validity": params.validity or state.validity,
@@ -435,11 +444,62 @@ class PaperExchange:
         if state.status not in MODIFIABLE:
             raise OrderError(f"Order {order_id} cannot be cancelled: it is {state.status}.")
         self._cancel_fill_timer(order)
-        now = now_ist()
+        now = self.clock.now()
         order.advance(S.CANCEL_PENDING, exchange_update_timestamp=now)
         order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
                       exchange_update_timestamp=now)
         self._retire(order)
+        self.on_change(order_key(order.order_id))
+        return order
+
+    def end_of_day(self) -> dict[str, list[str]]:
+        """The close: open DAY orders lapse (CANCELLED), then every open MIS position is squared off at the
+        last price by a MARKET order of the broker's own (tag `SQUAREOFF`), as Zerodha's RMS does."""
+        now = self.clock.now()
+        expired = []
+        for order_id in sorted({order_id for ids in self._live_by_account.values() for order_id in ids}):
+            order = self.orders[order_id]
+            state = order.state
+            if state.status == S.AMO_REQ_RECEIVED:
+                continue  # an after-market order waits for the next session
+            self._cancel_fill_timer(order)
+            order.advance(S.CANCEL_PENDING, exchange_update_timestamp=now)
+            order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
+                          status_message="Order lapsed at the end of the day.", exchange_update_timestamp=now)
+            self._retire(order)
+            self.on_change(order_key(order_id))
+            expired.append(order_id)
+        squared_off = []
+        for account in self.accounts.values():
+            for position in list(account.positions.values()):
+                instrument = self.market.instrument(position.exchange, position.tradingsymbol)
+                if position.product != "MIS" or position.quantity == 0 or instrument is None:
+                    continue
+                squared_off.append(self._square_off(account, position.quantity, instrument).order_id)
+        return {"expired": expired, "squared_off": squared_off}
+
+    def _square_off(self, account: Account, quantity: int, instrument: Instrument) -> Order:
+        now = self.clock.now()
+        self.counters.order += 1
+        order = Order(
+            order_id=f"{now:%y%m%d}{self.counters.order:09d}", api_key=account.api_key, placed_by=account.user_id,
+            variety="regular", exchange=instrument.exchange, tradingsymbol=instrument.tradingsymbol,
+            instrument_token=instrument.instrument_token, transaction_type="SELL" if quantity > 0 else "BUY",
+            product="MIS", market_protection=-1, tag="SQUAREOFF", guid=secrets.token_hex(8),
+            fill_settings=self.fill_settings,
+        )
+        order.start(OrderState(status=S.PUT_ORDER_REQ_RECEIVED, order_type="MARKET", validity="DAY",
+                               quantity=abs(quantity), disclosed_quantity=0, price=Decimal(0),
+                               trigger_price=Decimal(0), order_timestamp=now))
+        self.orders[order.order_id] = order
+        account.order_ids.append(order.order_id)
+        order.advance(S.VALIDATION_PENDING)
+        order.advance(S.OPEN_PENDING)
+        order.advance(S.OPEN, exchange_order_id=f"13{self.counters.order:014d}", exchange_timestamp=now,
+                      exchange_update_timestamp=now, status_message="Squared off by the broker at the close (MIS).")
+        self._track_live(order)
+        self._fill(order, instrument, abs(quantity), self.market.last_price(instrument))
+        self.on_change(COUNTERS_KEY)
         self.on_change(order_key(order.order_id))
         return order
 
@@ -516,7 +576,7 @@ class PaperExchange:
             if not _trigger_hit(order, last_price):
                 return
             order.triggered = True
-            state = order.advance(S.OPEN, exchange_update_timestamp=now_ist())
+            state = order.advance(S.OPEN, exchange_update_timestamp=self.clock.now())
         if state.status != S.OPEN or order.order_id in self._fill_timers:
             return
         if state.filled_quantity < order.fill_target and _marketable(order, last_price):
@@ -557,7 +617,7 @@ class PaperExchange:
         self.on_change(order_key(order_id))
 
     def _fill(self, order: Order, instrument: Instrument, quantity: int, price: Decimal) -> None:
-        now = now_ist()
+        now = self.clock.now()
         state = order.state
         self.counters.trade += 1
         trade = Trade(
@@ -592,7 +652,7 @@ class PaperExchange:
         state = order.state
         order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
                       status_message="IOC order: the unfilled quantity was cancelled.",
-                      exchange_update_timestamp=now_ist())
+                      exchange_update_timestamp=self.clock.now())
         self._retire(order)
 
     def _track_live(self, order: Order) -> None:

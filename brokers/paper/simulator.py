@@ -40,6 +40,8 @@ class PaperBrokerConfig:
     api_secret: str | None = field(default=None, repr=False)
     # Kite's request limits per account (0 turns one off); `RateLimits.off()` for none.
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    # Refuse orders (but AMOs) outside 09:15-15:30 IST on weekdays, by the simulated clock.
+    market_hours: bool = False
     state_file: Path | None = None
     random_walk: RandomWalkSettings = field(default_factory=RandomWalkSettings)
 
@@ -49,14 +51,15 @@ class Simulator:
         self.config = config
         self.exchange = PaperExchange(
             ExchangeSettings(fill=config.fill, cash=config.cash,
-                             token_lifetime_seconds=config.token_lifetime_seconds, api_secret=config.api_secret),
+                             token_lifetime_seconds=config.token_lifetime_seconds, api_secret=config.api_secret,
+                             market_hours=config.market_hours),
             on_change=self.changed,
         )
         self.ticker = TickerHub(self.exchange)
         self.exchange.on_quotes = self.ticker.prices_moved
         self.faults = FaultBook()
         self.requests = RequestLog()
-        self.limiter = RateLimiter(config.rate_limits)
+        self.limiter = RateLimiter(config.rate_limits, today=lambda: self.exchange.clock.now().date())
         self.random_walk = config.random_walk
         self._walker: asyncio.Task[None] | None = None
         self.state_file: StateFile | None = None
