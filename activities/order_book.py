@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 # A book that stopped changing is polled ever less often, up to this; a new order resets the pace.
 MAX_INTERVAL_SECONDS = 2.0
 BACKOFF = 1.5
+# Kite answers 10 reads a second an account: polling at most ~7 leaves room for tag lookups and positions.
+MIN_INTERVAL_SECONDS = 0.15
 
 
 @dataclass
@@ -40,8 +42,8 @@ def _progress(orders: dict[str, BrokerOrder]) -> dict[str, tuple[str, int]]:
 
 class OrderBookWatcher:
     def __init__(self, interval_seconds: float, max_interval_seconds: float = MAX_INTERVAL_SECONDS):
-        self.interval = interval_seconds
-        self.max_interval = max(max_interval_seconds, interval_seconds)
+        self.interval = max(interval_seconds, MIN_INTERVAL_SECONDS)
+        self.max_interval = max(max_interval_seconds, self.interval)
         self._books: dict[str, _AccountBook] = {}
 
     async def next_snapshot(

@@ -21,7 +21,8 @@ import uvicorn
 from brokers.paper.app import create_app, serve_config
 from brokers.paper.orders import FillSettings
 from brokers.paper.persistence import StateFileError
-from brokers.paper.simulator import KITE_ORDERS_PER_SECOND, PaperBrokerConfig, RandomWalkSettings
+from brokers.paper.request_log import RATE_LIMIT_FIELDS, RateLimits
+from brokers.paper.simulator import PaperBrokerConfig, RandomWalkSettings
 
 # The environment keeps the secret out of the process list.
 API_SECRET_VARIABLE = "PAPER_BROKER_API_SECRET"
@@ -64,8 +65,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-secret", default=os.environ.get(API_SECRET_VARIABLE),
                         help=f"verify login checksums against this secret, also read from ${API_SECRET_VARIABLE} "
                              "(default: accept any well-formed checksum)")
-    parser.add_argument("--orders-per-second", type=int, default=KITE_ORDERS_PER_SECOND,
-                        help="order requests per account per second before HTTP 429; 0 = no limit (default 10)")
+    limits = RateLimits()
+    for name, what in (("orders_per_second", "order requests a second"),
+                       ("orders_per_minute", "order requests a minute"),
+                       ("orders_per_day", "order requests a day"),
+                       ("quotes_per_second", "quote, ltp and ohlc requests a second"),
+                       ("reads_per_second", "other GET requests a second")):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(limits, name),
+                            help=f"{what} per account before HTTP 429; 0 = no limit (default %(default)s)")
+    parser.add_argument("--no-rate-limits", action="store_true", help="turn every rate limit off")
+    parser.add_argument("--market-hours", action="store_true",
+                        help="refuse orders (but AMOs) outside 09:15-15:30 IST on weekdays, as Kite does")
     parser.add_argument("--random-walk", action="store_true", help="move prices at random from the start")
     parser.add_argument("--random-walk-interval", type=float, default=RandomWalkSettings().interval_seconds,
                         help="seconds between random-walk steps (default %(default)s)")
@@ -85,8 +95,10 @@ def config_from(args: argparse.Namespace) -> PaperBrokerConfig:
         cash=args.cash,
         token_lifetime_seconds=args.token_lifetime,
         api_secret=args.api_secret,
-        orders_per_second=args.orders_per_second,
+        rate_limits=RateLimits.off() if args.no_rate_limits else RateLimits(
+            **{name: getattr(args, name) for name in RATE_LIMIT_FIELDS}),
         state_file=args.state_file,
+        market_hours=args.market_hours,
         random_walk=RandomWalkSettings(enabled=args.random_walk, interval_seconds=args.random_walk_interval),
     )
 

@@ -19,6 +19,9 @@ from store.records import StrategyRecord
 
 log = logging.getLogger(__name__)
 
+# Kite's quote routes allow 1 request a second; the margin absorbs jitter on the way to the broker.
+QUOTE_SPACING_SECONDS = 1.1
+
 
 def stop_loss_level(strategy: StrategyRecord) -> Decimal | None:
     """The price at or below which a long position must be sold, from the absolute or % setting."""
@@ -57,10 +60,19 @@ class StopLossListener:
         interval_seconds: float = 0.5,
         stop: asyncio.Event | None = None,
     ) -> None:
-        """Poll last prices and feed them to `on_tick` until `stop` is set."""
+        """Poll last prices and feed them to `on_tick` until `stop` is set.
+
+        Kite answers at most one quote request a second: calls are spaced by that, whatever `interval_seconds`.
+        """
         stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        last_call: float | None = None
         while not stop.is_set():
             for symbol in symbols:
+                wait = 0.0 if last_call is None else last_call + QUOTE_SPACING_SECONDS - loop.time()
+                if wait > 0 and await _stopped_within(stop, wait):
+                    return
+                last_call = loop.time()
                 try:
                     await self.on_tick(symbol, await last_price(symbol))
                 except Exception:  # a bad tick must not stop the listener
@@ -69,3 +81,11 @@ class StopLossListener:
                 await asyncio.wait_for(stop.wait(), interval_seconds)
             except TimeoutError:
                 pass
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True

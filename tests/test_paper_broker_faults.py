@@ -83,6 +83,7 @@ def test_a_fault_can_be_removed_by_id(paper: PaperBrokerServer, kite: KiteConnec
 
 
 def test_latency_delays_the_answer(paper: PaperBrokerServer, kite: KiteConnect) -> None:
+    paper.control.set_rate_limits(quotes_per_second=0)  # two quotes in one second
     paper.control.add_fault("latency", route="ltp", count=2, seconds=SHORT_TIMEOUT + 0.1)
     impatient = paper.kite(PAPER_API_KEY, timeout=SHORT_TIMEOUT)
     with pytest.raises(requests.exceptions.ReadTimeout):

@@ -130,7 +130,8 @@ def test_a_partial_fill_that_stops_leaves_the_order_open_and_cancel_keeps_it(
 
     assert kite.cancel_order("regular", order_id) == order_id
     cancelled = kite.order_history(order_id)[-1]
-    assert (cancelled["status"], cancelled["filled_quantity"], cancelled["cancelled_quantity"]) == ("CANCELLED", 6, 4)
+    assert (cancelled["status"], cancelled["filled_quantity"], cancelled["cancelled_quantity"],
+            cancelled["pending_quantity"]) == ("CANCELLED", 6, 4, 4)
     assert statuses(kite, order_id)[-2:] == ["CANCEL PENDING", "CANCELLED"]
     assert kite.positions()["net"][0]["quantity"] == 6
 
@@ -233,18 +234,18 @@ def test_modifying_a_resting_limit_to_a_marketable_price_fills_it(paper: PaperBr
 
     done = wait_for_status(kite, order_id, "COMPLETE")
     assert (done["quantity"], done["filled_quantity"], done["modified"]) == (12, 12, True)
-    assert statuses(kite, order_id) == [*OPENING, "OPEN", "MODIFY VALIDATION PENDING", "MODIFY PENDING", "OPEN",
-                                        "COMPLETE"]
+    assert statuses(kite, order_id) == [*OPENING, "OPEN", "MODIFY VALIDATION PENDING", "MODIFY PENDING", "MODIFIED",
+                                        "OPEN", "COMPLETE"]
 
 
 def test_an_order_takes_25_modifications_and_no_more(paper: PaperBrokerServer, kite: KiteConnect) -> None:
     paper.control.set_rate_limit(0)  # 27 order requests at once
-    order_id = place(kite, order_type="LIMIT", price=1000, market_protection=None)
+    order_id = place(kite, order_type="LIMIT", price=1300, market_protection=None)
     for step in range(25):
-        kite.modify_order("regular", order_id, price=1000 + step)
+        kite.modify_order("regular", order_id, price=1300 + step)
     with pytest.raises(kite_errors.OrderException, match="25"):
-        kite.modify_order("regular", order_id, price=1100)
-    assert money(kite.order_history(order_id)[-1]["price"]) == Decimal("1024")
+        kite.modify_order("regular", order_id, price=1400)
+    assert money(kite.order_history(order_id)[-1]["price"]) == Decimal("1324")
 
 
 def test_modify_refuses_a_quantity_at_or_below_the_filled_one(paper: PaperBrokerServer, kite: KiteConnect) -> None:
@@ -270,7 +271,10 @@ def test_modify_to_market_needs_market_protection(paper: PaperBrokerServer, kite
     with pytest.raises(kite_errors.InputException, match="market protection"):
         kite.modify_order("regular", order_id, order_type="MARKET")
     kite.modify_order("regular", order_id, order_type="MARKET", market_protection=-1)
-    assert wait_for_status(kite, order_id, "COMPLETE")["order_type"] == "MARKET"
+    # As on Kite, it goes on as a limit at the protection price (automatic: 0.5 % above 1500).
+    done = wait_for_status(kite, order_id, "COMPLETE")
+    assert (done["order_type"], money(done["price"]), money(done["average_price"])) == (
+        "LIMIT", Decimal("1507.5"), Decimal("1500"))
 
 
 def test_modifying_a_trigger_moves_where_the_stop_loss_fires(paper: PaperBrokerServer, kite: KiteConnect) -> None:
@@ -284,12 +288,12 @@ def test_modifying_a_trigger_moves_where_the_stop_loss_fires(paper: PaperBrokerS
 def test_a_modification_the_account_cannot_fund_is_a_margin_exception(
     paper: PaperBrokerServer, kite: KiteConnect
 ) -> None:
-    paper.control.set_account(PAPER_API_KEY, cash="20000")
-    order_id = place(kite, order_type="LIMIT", price=1000, product="CNC", market_protection=None)
+    paper.control.set_account(PAPER_API_KEY, cash="26000")
+    order_id = place(kite, order_type="LIMIT", price=1300, product="CNC", market_protection=None)
     answer = httpx.put(f"{paper.url}/orders/regular/{order_id}", data={"quantity": "30"},
                        headers={"Authorization": f"token {kite.api_key}:{kite.access_token}"})
     assert (answer.status_code, answer.json()["error_type"]) == (400, "MarginException")
-    assert "Required margin is 30000.00 but available margin is 20000.00" in answer.json()["message"]
+    assert "Required margin is 39000.00 but available margin is 26000.00" in answer.json()["message"]
     # The 5.2.2 client has no MarginException class: it raises GeneralException.
     with pytest.raises(kite_errors.GeneralException):
         kite.modify_order("regular", order_id, quantity=30)
@@ -307,8 +311,9 @@ def test_cancelling_a_resting_order_cancels_all_of_it(paper: PaperBrokerServer, 
     order_id = place(kite, order_type="LIMIT", price=1400, market_protection=None)
     kite.cancel_order("regular", order_id)
     done = kite.order_history(order_id)[-1]
+    # As in Kite's sample order book, a cancelled order keeps its pending quantity.
     assert (done["status"], done["filled_quantity"], done["cancelled_quantity"], done["pending_quantity"]) == \
-        ("CANCELLED", 0, 10, 0)
+        ("CANCELLED", 0, 10, 10)
     with pytest.raises(kite_errors.InputException):
         kite.cancel_order("regular", "999999999999999")
 
@@ -318,11 +323,10 @@ def test_cancelling_a_resting_order_cancels_all_of_it(paper: PaperBrokerServer, 
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"tradingsymbol": "NOSUCH"}, "NSE:NOSUCH is not traded"),
-    ({"quantity": 100_001}, "freeze limit of 100000"),
     ({"market_protection": 0}, "market protection"),
     ({"market_protection": None}, "market protection"),
-    ({"order_type": "SL-M", "trigger_price": 1400, "market_protection": 0}, "market protection"),
-], ids=["unknown symbol", "freeze limit", "market protection 0", "market protection missing", "SL-M protection 0"])
+    ({"order_type": "SL-M", "trigger_price": 1600, "market_protection": 0}, "market protection"),
+], ids=["unknown symbol", "market protection 0", "market protection missing", "SL-M protection 0"])
 def test_orders_kite_would_reject_end_rejected_with_a_reason(
     paper: PaperBrokerServer, kite: KiteConnect, overrides: dict[str, Any], message: str
 ) -> None:
@@ -334,13 +338,42 @@ def test_orders_kite_would_reject_end_rejected_with_a_reason(
     assert kite.trades() == []
 
 
+def test_an_order_above_the_freeze_quantity_is_refused_with_no_order_id(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    with pytest.raises(kite_errors.InputException, match="exceeds the freeze quantity of 100000") as refused:
+        place(kite, tradingsymbol="TATASTEEL", quantity=100_001, tag="big1")
+    assert refused.value.code == 400
+    assert kite.orders() == []
+    [request] = paper.control.orders()
+    assert (request["tag"], request["order_id"], request["http_status"]) == ("big1", None, 400)
+    # At the limit it is an ordinary order.
+    wait_for_status(kite, place(kite, tradingsymbol="TATASTEEL", quantity=100_000, tag="big2"), "COMPLETE")
+
+
+def test_a_stop_modified_onto_the_wrong_side_is_refused_and_keeps_its_trigger(
+    paper: PaperBrokerServer, kite: KiteConnect
+) -> None:
+    order_id = place(kite, transaction_type="SELL", order_type="SL-M", trigger_price=1400)
+    with pytest.raises(kite_errors.InputException, match="stoploss sell"):
+        kite.modify_order("regular", order_id, trigger_price=1500)
+    assert money(kite.order_history(order_id)[-1]["trigger_price"]) == Decimal("1400")
+    # A stop that has fired already is a resting limit: its trigger no longer matters.
+    fired = place(kite, transaction_type="SELL", order_type="SL", trigger_price=1490, price=1485,
+                  market_protection=None)
+    paper.control.set_price("INFY", "1480")
+    wait_for_status(kite, fired, "OPEN")
+    kite.modify_order("regular", fired, trigger_price=1481, price=1481)
+    assert wait_for_status(kite, fired, "OPEN")["trigger_price"] == 1481
+
+
 def test_an_order_beyond_the_cash_is_rejected_for_margin(paper: PaperBrokerServer, kite: KiteConnect) -> None:
-    paper.control.set_account(PAPER_API_KEY, cash="2999")
-    rejected = place(kite)  # MIS: 20% of 10 x 1500 = 3000
-    assert "Insufficient funds. Required margin is 3000.00 but available margin is 2999.00" in \
+    paper.control.set_account(PAPER_API_KEY, cash="3014")
+    rejected = place(kite)  # MIS: 20% of 10 x 1507.50 (the market order's protection price) = 3015
+    assert "Insufficient funds. Required margin is 3015.00 but available margin is 3014.00" in \
         kite.order_history(rejected)[-1]["status_message"]
 
-    paper.control.set_account(PAPER_API_KEY, cash="3000")
+    paper.control.set_account(PAPER_API_KEY, cash="3015")
     bought = place(kite)
     wait_for_status(kite, bought, "COMPLETE")
     # Closing the position needs no margin even with none left.
@@ -350,8 +383,8 @@ def test_an_order_beyond_the_cash_is_rejected_for_margin(paper: PaperBrokerServe
 
 
 def test_an_open_order_blocks_margin_until_cancelled(paper: PaperBrokerServer, kite: KiteConnect) -> None:
-    order_id = place(kite, order_type="LIMIT", price=1000, product="CNC", market_protection=None)
-    assert money(kite.margins()["equity"]["utilised"]["debits"]) == Decimal("10000")
+    order_id = place(kite, order_type="LIMIT", price=1300, product="CNC", market_protection=None)
+    assert money(kite.margins()["equity"]["utilised"]["debits"]) == Decimal("13000")
     kite.cancel_order("regular", order_id)
     assert money(kite.margins()["equity"]["utilised"]["debits"]) == Decimal("0")
 
@@ -369,6 +402,12 @@ def test_an_open_order_blocks_margin_until_cancelled(paper: PaperBrokerServer, k
     ({"variety": "bracket"}, "variety"),
     ({"transaction_type": "HOLD"}, "transaction_type"),
     ({"market_protection": 101}, "market_protection"),
+    ({"quantity": 100_001}, "freeze quantity of 100000"),
+    ({"transaction_type": "SELL", "order_type": "SL-M", "trigger_price": 1500}, "stoploss sell"),
+    ({"transaction_type": "SELL", "order_type": "SL", "trigger_price": 1505, "price": 1500, "market_protection": None},
+     "stoploss sell"),
+    ({"order_type": "SL-M", "trigger_price": 1495}, "stoploss buy"),
+    ({"order_type": "SL", "trigger_price": 1500, "price": 1500, "market_protection": None}, "stoploss buy"),
 ])
 def test_bad_order_input_is_an_input_exception_naming_the_field(
     kite: KiteConnect, overrides: dict[str, Any], field: str
@@ -398,6 +437,6 @@ def test_positions_follow_buys_and_sells(paper: PaperBrokerServer, kite: KiteCon
 
 
 def test_the_engine_can_find_its_order_by_tag(paper: PaperBrokerServer, kite: KiteConnect) -> None:
-    place(kite, tag="other1", order_type="LIMIT", price=1000, market_protection=None)
-    mine = place(kite, tag="order77abc", order_type="LIMIT", price=1000, market_protection=None)
+    place(kite, tag="other1", order_type="LIMIT", price=1300, market_protection=None)
+    mine = place(kite, tag="order77abc", order_type="LIMIT", price=1300, market_protection=None)
     assert [order["order_id"] for order in kite.orders() if order["tag"] == "order77abc"] == [mine]

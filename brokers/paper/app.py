@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 
 from brokers.paper.connections import ConnectionTrackingH11Protocol
 from brokers.paper.control_api import ControlApi, control_json
@@ -35,7 +36,9 @@ def create_app(config: PaperBrokerConfig) -> Starlette:
             await simulator.stop()
 
     app = Starlette(
-        routes=[*KiteApi(simulator).routes(), *ControlApi(simulator).routes()],
+        routes=[*KiteApi(simulator).routes(), *ControlApi(simulator).routes(),
+                # KiteTicker connects to `{root}?api_key=...&access_token=...`: the root is the ticker.
+                WebSocketRoute("/", simulator.ticker.serve), WebSocketRoute("/ws", simulator.ticker.serve)],
         lifespan=lifespan,
         exception_handlers={404: _route_error, 405: _route_error},
     )
@@ -52,13 +55,13 @@ async def _route_error(request: Request, exc: Exception) -> Response:
 
 
 def serve_config(app: Starlette, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn settings the paper broker needs: its own HTTP protocol (dropped connections)."""
+    """uvicorn settings the paper broker needs: its own HTTP protocol (dropped connections), WebSockets."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         http=ConnectionTrackingH11Protocol,
-        ws="none",
+        ws="websockets-sansio",
         lifespan="on",
         access_log=False,
         log_level=log_level,

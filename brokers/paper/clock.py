@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timedelta, timezone
+import time as _time
+from datetime import datetime, time, timedelta, timezone
 
 # India has no daylight saving time, so a fixed offset is exact and needs no tz database.
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
@@ -44,4 +44,32 @@ def next_token_expiry(login_epoch: float) -> float:
 
 
 def epoch_now() -> float:
-    return time.time()
+    return _time.time()
+
+
+# NSE's cash session, IST.
+MARKET_OPEN = time(9, 15)
+MARKET_CLOSE = time(15, 30)
+
+
+class SimClock:
+    """The exchange's clock: real time, moved by an offset the control API sets (`/_sim/clock`)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return now_ist() + self.offset
+
+    def set_now(self, moment: datetime) -> None:
+        self.offset = moment.astimezone(IST) - now_ist()
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+    def reset(self) -> None:
+        self.offset = timedelta(0)
+
+    def market_is_open(self) -> bool:
+        now = self.now()
+        return now.weekday() < 5 and MARKET_OPEN <= now.time() < MARKET_CLOSE

@@ -17,6 +17,8 @@ import httpx
 
 Price = Decimal | int | str
 DEFAULT_TIMEOUT_SECONDS = 10.0
+RATE_LIMIT_NAMES = ("orders_per_second", "orders_per_minute", "orders_per_day", "quotes_per_second",
+                    "reads_per_second")
 
 
 class SimControlError(RuntimeError):
@@ -161,6 +163,14 @@ class SimControl:
         """Order requests per account per second before HTTP 429 (0: no limit) until the next reset."""
         self._send(_Call("PUT", "/_sim/rate", {"orders_per_second": orders_per_second}))
 
+    def set_rate_limits(self, **limits: int) -> dict[str, int]:
+        """orders_per_second, orders_per_minute, orders_per_day, quotes_per_second, reads_per_second (0: off)."""
+        return self._send(_Call("PUT", "/_sim/rate", limits))
+
+    def rate_limits_off(self) -> dict[str, int]:
+        """No rate limit of any kind until the next reset."""
+        return self.set_rate_limits(**{name: 0 for name in RATE_LIMIT_NAMES})
+
     def expire_tokens(self, api_key: str | None = None) -> int:
         return int(self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key}))["expired"])
 
@@ -175,6 +185,30 @@ class SimControl:
 
     def accounts(self) -> list[dict[str, Any]]:
         return self._send(_Call("GET", "/_sim/accounts"))
+
+    def clock(self) -> dict[str, Any]:
+        """now (IST), offset_seconds, market_hours (enforced?), market_open."""
+        return self._send(_Call("GET", "/_sim/clock"))
+
+    def set_clock(self, *, now: str | None = None, advance_seconds: float | None = None,
+                  market_hours: bool | None = None) -> dict[str, Any]:
+        """Move the simulated clock to `now` ("YYYY-MM-DD HH:MM:SS", IST) or by `advance_seconds`;
+        `market_hours` turns the 09:15-15:30 check on or off. Until the next reset."""
+        body = {name: value for name, value in (("now", now), ("advance_seconds", advance_seconds),
+                                                 ("market_hours", market_hours)) if value is not None}
+        return self._send(_Call("PUT", "/_sim/clock", body))
+
+    def end_of_day(self) -> dict[str, list[str]]:
+        """Expire open DAY orders and square off MIS positions; returns both lists of order ids."""
+        return self._send(_Call("POST", "/_sim/end-of-day"))
+
+    def ticker_connections(self) -> list[dict[str, Any]]:
+        """Open WebSocket connections: api_key, user_id, modes by instrument token, ticks and order updates sent."""
+        return list(self._send(_Call("GET", "/_sim/ticker"))["connections"])
+
+    def drop_ticker_connections(self, api_key: str | None = None) -> int:
+        """Cut WebSocket connections (no close frame); KiteTicker reconnects and resubscribes."""
+        return int(self._send(_Call("POST", "/_sim/ticker/drop", {"api_key": api_key}))["dropped"])
 
 
 class AsyncSimControl:
@@ -241,6 +275,12 @@ class AsyncSimControl:
     async def set_rate_limit(self, orders_per_second: int) -> None:
         await self._send(_Call("PUT", "/_sim/rate", {"orders_per_second": orders_per_second}))
 
+    async def set_rate_limits(self, **limits: int) -> dict[str, int]:
+        return await self._send(_Call("PUT", "/_sim/rate", limits))
+
+    async def rate_limits_off(self) -> dict[str, int]:
+        return await self.set_rate_limits(**{name: 0 for name in RATE_LIMIT_NAMES})
+
     async def expire_tokens(self, api_key: str | None = None) -> int:
         return int((await self._send(_Call("POST", "/_sim/tokens/expire", {"api_key": api_key})))["expired"])
 
@@ -254,3 +294,21 @@ class AsyncSimControl:
 
     async def accounts(self) -> list[dict[str, Any]]:
         return await self._send(_Call("GET", "/_sim/accounts"))
+
+    async def clock(self) -> dict[str, Any]:
+        return await self._send(_Call("GET", "/_sim/clock"))
+
+    async def set_clock(self, *, now: str | None = None, advance_seconds: float | None = None,
+                        market_hours: bool | None = None) -> dict[str, Any]:
+        body = {name: value for name, value in (("now", now), ("advance_seconds", advance_seconds),
+                                                 ("market_hours", market_hours)) if value is not None}
+        return await self._send(_Call("PUT", "/_sim/clock", body))
+
+    async def end_of_day(self) -> dict[str, list[str]]:
+        return await self._send(_Call("POST", "/_sim/end-of-day"))
+
+    async def ticker_connections(self) -> list[dict[str, Any]]:
+        return list((await self._send(_Call("GET", "/_sim/ticker")))["connections"])
+
+    async def drop_ticker_connections(self, api_key: str | None = None) -> int:
+        return int((await self._send(_Call("POST", "/_sim/ticker/drop", {"api_key": api_key})))["dropped"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -16,12 +18,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from brokers.paper.accounts import Holding
+from brokers.paper.clock import IST, KITE_TIME_FORMAT, kite_time
 from brokers.paper.errors import ControlInputError
 from brokers.paper.exchange import account_key
 from brokers.paper.faults import positive_number
 from brokers.paper.market import parse_price
 from brokers.paper.orders import FillSettings
-from brokers.paper.request_log import OrderRequestRecord, received_at_text
+from brokers.paper.request_log import RATE_LIMIT_FIELDS, OrderRequestRecord, RateLimits, received_at_text
 from brokers.paper.simulator import RandomWalkSettings, Simulator
 
 FILL_FIELDS = ("delay_seconds", "partial_fills", "partial_interval_seconds", "fill_ratio")
@@ -70,6 +73,11 @@ class ControlApi:
             route("/tokens/expire", "POST", self.expire_tokens),
             route("/accounts", "GET", self.accounts),
             route("/accounts/{api_key}", "PUT", self.set_account),
+            route("/clock", "GET", self.clock),
+            route("/clock", "PUT", self.set_clock),
+            route("/end-of-day", "POST", self.end_of_day),
+            route("/ticker", "GET", self.ticker),
+            route("/ticker/drop", "POST", self.drop_ticker),
         ]
 
     def _wrap(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -139,16 +147,12 @@ class ControlApi:
         return [self._request_json(record) for record in self.sim.requests.records]
 
     async def rate(self, request: Request) -> dict[str, Any]:
-        return self.sim.requests.rate(self.sim.limiter.per_second)
+        return {**self.sim.requests.rate(self.sim.limiter.per_second), "limits": self.sim.limiter.limits.as_json()}
 
     async def set_rate_limit(self, request: Request) -> dict[str, Any]:
         body = await _json_object(request)
-        per_second = body.get("orders_per_second")
-        if set(body) != {"orders_per_second"} or isinstance(per_second, bool) or not isinstance(per_second, int) \
-                or per_second < 0:
-            raise ControlInputError('send {"orders_per_second": N}: a whole number, 0 for no limit')
-        self.sim.limiter.per_second = per_second
-        return {"orders_per_second": per_second}
+        self.sim.limiter.limits = parse_rate_limits(body, self.sim.limiter.limits)
+        return self.sim.limiter.limits.as_json()
 
     async def expire_tokens(self, request: Request) -> dict[str, Any]:
         body = await _json_object(request, allow_empty=True)
@@ -156,6 +160,48 @@ class ControlApi:
         if api_key is not None and not isinstance(api_key, str):
             raise ControlInputError(f"api_key must be a string or null (every account); got {api_key!r}")
         return {"expired": self.exchange.expire_tokens(api_key)}
+
+    async def clock(self, request: Request) -> dict[str, Any]:
+        clock = self.exchange.clock
+        return {"now": kite_time(clock.now()), "offset_seconds": clock.offset.total_seconds(),
+                "market_hours": self.exchange.market_hours, "market_open": clock.market_is_open()}
+
+    async def set_clock(self, request: Request) -> dict[str, Any]:
+        """`{"now": "YYYY-MM-DD HH:MM:SS"}` (IST) or `{"advance_seconds": N}`, and/or `{"market_hours": bool}`."""
+        body = await _json_object(request)
+        unknown = set(body) - {"now", "advance_seconds", "market_hours"}
+        if unknown or not body or {"now", "advance_seconds"} <= set(body):
+            raise ControlInputError('send {"now": "YYYY-MM-DD HH:MM:SS"} (IST) or {"advance_seconds": N}, '
+                                    'and/or {"market_hours": true|false}')
+        clock = self.exchange.clock
+        if "now" in body:
+            try:
+                moment = datetime.strptime(str(body["now"]), KITE_TIME_FORMAT).replace(tzinfo=IST)
+            except ValueError:
+                raise ControlInputError(f"now must be \"YYYY-MM-DD HH:MM:SS\" in IST; got {body['now']!r}") from None
+            clock.set_now(moment)
+        if "advance_seconds" in body:
+            clock.advance(positive_number("advance_seconds", body["advance_seconds"]))
+        if "market_hours" in body:
+            if not isinstance(body["market_hours"], bool):
+                raise ControlInputError(f"market_hours must be true or false; got {body['market_hours']!r}")
+            self.exchange.market_hours = body["market_hours"]
+        return await self.clock(request)
+
+    async def end_of_day(self, request: Request) -> dict[str, Any]:
+        """Open DAY orders lapse and MIS positions are squared off, as at the close."""
+        return self.exchange.end_of_day()
+
+    async def ticker(self, request: Request) -> dict[str, Any]:
+        return {"connections": [connection.as_json() for connection in self.sim.ticker.connections]}
+
+    async def drop_ticker(self, request: Request) -> dict[str, Any]:
+        """Cut WebSocket connections (one api_key's, or all) without a close frame: a network fault."""
+        body = await _json_object(request, allow_empty=True)
+        api_key = body.get("api_key")
+        if api_key is not None and not isinstance(api_key, str):
+            raise ControlInputError(f"api_key must be a string or null (every connection); got {api_key!r}")
+        return {"dropped": self.sim.ticker.drop(api_key)}
 
     async def accounts(self, request: Request) -> list[dict[str, Any]]:
         return [self._account_json(api_key) for api_key in self.exchange.accounts]
@@ -236,6 +282,17 @@ class ControlApi:
             "fault": record.fault,
             "rate_limited": record.rate_limited,
         }
+
+
+def parse_rate_limits(body: Mapping[str, Any], current: RateLimits) -> RateLimits:
+    unknown = set(body) - set(RATE_LIMIT_FIELDS)
+    if unknown or not body:
+        raise ControlInputError(f"send one or more of {', '.join(RATE_LIMIT_FIELDS)} (0: no limit); "
+                                f"unknown: {', '.join(sorted(unknown)) or 'none'}")
+    for name, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ControlInputError(f"{name} must be a whole number of requests, 0 for no limit; got {value!r}")
+    return replace(current, **body)
 
 
 def parse_fill_settings(body: Mapping[str, Any], current: FillSettings) -> FillSettings:

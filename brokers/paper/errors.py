@@ -49,6 +49,13 @@ class MarginError(KiteError):
     http_status = 400
 
 
+class HoldingError(KiteError):
+    """A delivery (CNC) sell of more than the account holds (the kiteconnect client raises GeneralException)."""
+
+    error_type = "HoldingException"
+    http_status = 400
+
+
 class NetworkError(KiteError):
     """Too many requests (429) or the order system is unreachable (502, 503): retry later."""
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from brokers.base import OrderStatus
 from brokers.paper.accounts import AMOUNT_QUANTUM, DEFAULT_CASH, AccessToken, Account, Position, margin_rate
-from brokers.paper.clock import epoch_now, next_token_expiry, now_ist
-from brokers.paper.errors import InputError, MarginError, OrderError, TokenError
+from brokers.paper.clock import SimClock, epoch_now, kite_time, next_token_expiry
+from brokers.paper.errors import HoldingError, InputError, MarginError, OrderError, TokenError
 from brokers.paper.instruments import Instrument, instrument_key
 from brokers.paper.market import Market
 from brokers.paper.orders import MODIFIABLE, FillSettings, Order, OrderState, Trade
@@ -64,6 +64,7 @@ class ExchangeSettings:
     token_lifetime_seconds: float | None = None
     # When set, login checksums are verified against it; otherwise any well-formed checksum passes.
     api_secret: str | None = field(default=None, repr=False)
+    market_hours: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ class PaperExchange:
         self._live_by_account: dict[str, set[str]] = {}
         self._fill_timers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Told the instruments whose quote changed (the ticker streams them).
+        self.on_quotes: Callable[[list[str]], None] = lambda keys: None
+        self.clock = SimClock()
+        # Off: orders are taken at any hour. On: outside 09:15-15:30 IST on weekdays only AMOs are taken.
+        self.market_hours = settings.market_hours
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -136,6 +142,8 @@ class PaperExchange:
         self._live_by_account.clear()
         self.market.reset()
         self.fill_settings = self.settings.fill
+        self.clock.reset()
+        self.market_hours = self.settings.market_hours
         self.on_change(ALL_STATE)
 
     def adopt(self, order: Order) -> None:
@@ -216,10 +224,25 @@ class PaperExchange:
 
         `reject_message` rejects it regardless (a fault injected through the control API).
         """
-        now = now_ist()
+        now = self.clock.now()
+        if self.market_hours and params.variety != "amo" and not self.clock.market_is_open():
+            raise InputError(f"Markets are closed right now ({kite_time(now)} IST; NSE trades 09:15-15:30 on "
+                             "weekdays). Place an after-market order (variety amo) to queue it for the next session.")
         instrument = self.market.instrument(params.exchange, params.tradingsymbol)
         if instrument is not None:
             _check_ticks(instrument, params.order_type, params.price, params.trigger_price)
+            _check_freeze_quantity(instrument, params.quantity)
+            _check_trigger_side(params.order_type, params.transaction_type, params.trigger_price,
+                                self.market.last_price(instrument))
+            if params.product == "CNC" and params.transaction_type == "SELL":
+                self._check_holdings(account, instrument, params.quantity)
+            self._check_circuit(instrument, params.order_type, params.price, params.trigger_price)
+        order_type, price = params.order_type, params.price
+        if instrument is not None and order_type == "MARKET" and params.market_protection:
+            # As Kite does: a protected market order goes to the exchange as a limit at the protection price.
+            order_type = "LIMIT"
+            price = self.market.protection_price(instrument, params.transaction_type == "BUY",
+                                                 params.market_protection)
         self.counters.order += 1
         self.on_change(COUNTERS_KEY)
         order = Order(
@@ -239,11 +262,11 @@ class PaperExchange:
         )
         order.start(OrderState(
             status=S.PUT_ORDER_REQ_RECEIVED,
-            order_type=params.order_type,
+            order_type=order_type,
             validity=params.validity,
             quantity=params.quantity,
             disclosed_quantity=params.disclosed_quantity,
-            price=params.price,
+            price=price,
             trigger_price=params.trigger_price,
             order_timestamp=now,
         ))
@@ -282,9 +305,6 @@ class PaperExchange:
         if instrument is None:
             return (f"Instrument {instrument_key(params.exchange, params.tradingsymbol)} is not traded "
                     "on this exchange. Check the exchange and trading symbol.")
-        if params.quantity > instrument.freeze_quantity:
-            return (f"Quantity {params.quantity} exceeds the freeze limit of {instrument.freeze_quantity} "
-                    f"for {params.tradingsymbol}. Split the order into smaller orders.")
         if params.order_type in MARKET_PROTECTED_ORDER_TYPES and not params.market_protection:
             return ("Market orders without market protection are not allowed via API. Set "
                     "market_protection to -1 (automatic) or a percentage, or place a LIMIT order.")
@@ -294,6 +314,39 @@ class PaperExchange:
             return (f"Insufficient funds. Required margin is {required:.2f} but available margin is "
                     f"{available:.2f}. Check the orderbook for open orders.")
         return None
+
+    def sellable_quantity(self, account: Account, instrument: Instrument, *, besides: str | None = None) -> int:
+        """Delivery quantity a CNC sell may use: holdings, plus today's CNC buys (Kite's T1), less open CNC sells."""
+        sellable = account.net_quantity(instrument.exchange, instrument.tradingsymbol, "CNC")
+        for order_id in self._live_by_account.get(account.api_key, ()):
+            order = self.orders[order_id]
+            if order_id != besides and order.product == "CNC" and not order.is_buy and \
+                    (order.exchange, order.tradingsymbol) == (instrument.exchange, instrument.tradingsymbol):
+                sellable -= order.state.pending_quantity
+        return max(0, sellable)
+
+    def _check_holdings(self, account: Account, instrument: Instrument, quantity: int,
+                        *, besides: str | None = None) -> None:
+        sellable = self.sellable_quantity(account, instrument, besides=besides)
+        if quantity > sellable:
+            raise HoldingError(
+                f"Insufficient holdings: you can sell {sellable} of {instrument.tradingsymbol} as delivery (CNC) "
+                f"but the order is for {quantity}. Check your holdings and open sell orders, or sell as MIS.")
+
+    def _check_circuit(self, instrument: Instrument, order_type: str, price: Decimal, trigger_price: Decimal) -> None:
+        """A price or trigger outside the day's circuit limits could never trade: Kite refuses it."""
+        quote = self.market.quote(instrument.key)
+        assert quote is not None
+        for name, value, needed in (("price", price, order_type in PRICED_ORDER_TYPES),
+                                    ("trigger_price", trigger_price, order_type in TRIGGERED_ORDER_TYPES)):
+            if not needed:
+                continue
+            if value < quote.lower_circuit_limit:
+                raise InputError(f"Your order {name} ({value}) is lower than the current lower circuit limit of "
+                                 f"{quote.lower_circuit_limit}. Place an order within the daily range.")
+            if value > quote.upper_circuit_limit:
+                raise InputError(f"Your order {name} ({value}) is higher than the current upper circuit limit of "
+                                 f"{quote.upper_circuit_limit}. Place an order within the daily range.")
 
     def _required_margin(
         self, account: Account, order: Order, instrument: Instrument, state: OrderState
@@ -330,13 +383,23 @@ class PaperExchange:
         instrument = self.market.instrument(order.exchange, order.tradingsymbol)
         assert instrument is not None  # only placed orders of known instruments are live
         _check_ticks(instrument, order_type, price, trigger_price)
+        _check_freeze_quantity(instrument, quantity)
+        if order.product == "CNC" and not order.is_buy and quantity > state.quantity:
+            self._check_holdings(account, instrument, quantity - state.filled_quantity, besides=order.order_id)
+        if not (order.triggered and state.order_type in TRIGGERED_ORDER_TYPES):
+            # A stop still to fire (or becoming one) must be on the far side of the price.
+            _check_trigger_side(order_type, order.transaction_type, trigger_price, self.market.last_price(instrument))
         market_protection = params.market_protection if params.market_protection is not None \
             else order.market_protection
         if order_type in MARKET_PROTECTED_ORDER_TYPES and not market_protection:
             raise InputError("Market orders without market protection are not allowed via API. Send "
                              "market_protection -1 (automatic) or a percentage with the modification.")
+        self._check_circuit(instrument, order_type, price, trigger_price)
+        if order_type == "MARKET":
+            order_type = "LIMIT"
+            price = self.market.protection_price(instrument, order.is_buy, market_protection)
 
-        now = now_ist()
+        now = self.clock.now()
         changes: dict[str, Any] = {
             "quantity": quantity, "order_type": order_type, "price": price, "trigger_price": trigger_price,
             "validity": params.validity or state.validity,
@@ -367,7 +430,8 @@ class PaperExchange:
             back = S.OPEN
         exchange_times = {} if back == S.AMO_REQ_RECEIVED else {"exchange_timestamp": now,
                                                                 "exchange_update_timestamp": now}
-        order.advance(back, modified=True, **changes, **exchange_times)
+        order.advance(S.MODIFIED, modified=True, **changes, **exchange_times)
+        order.advance(back)
         self._evaluate(order)
         self.on_change(order_key(order.order_id))
         return order
@@ -380,11 +444,62 @@ class PaperExchange:
         if state.status not in MODIFIABLE:
             raise OrderError(f"Order {order_id} cannot be cancelled: it is {state.status}.")
         self._cancel_fill_timer(order)
-        now = now_ist()
+        now = self.clock.now()
         order.advance(S.CANCEL_PENDING, exchange_update_timestamp=now)
         order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
                       exchange_update_timestamp=now)
         self._retire(order)
+        self.on_change(order_key(order.order_id))
+        return order
+
+    def end_of_day(self) -> dict[str, list[str]]:
+        """The close: open DAY orders lapse (CANCELLED), then every open MIS position is squared off at the
+        last price by a MARKET order of the broker's own (tag `SQUAREOFF`), as Zerodha's RMS does."""
+        now = self.clock.now()
+        expired = []
+        for order_id in sorted({order_id for ids in self._live_by_account.values() for order_id in ids}):
+            order = self.orders[order_id]
+            state = order.state
+            if state.status == S.AMO_REQ_RECEIVED:
+                continue  # an after-market order waits for the next session
+            self._cancel_fill_timer(order)
+            order.advance(S.CANCEL_PENDING, exchange_update_timestamp=now)
+            order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
+                          status_message="Order lapsed at the end of the day.", exchange_update_timestamp=now)
+            self._retire(order)
+            self.on_change(order_key(order_id))
+            expired.append(order_id)
+        squared_off = []
+        for account in self.accounts.values():
+            for position in list(account.positions.values()):
+                instrument = self.market.instrument(position.exchange, position.tradingsymbol)
+                if position.product != "MIS" or position.quantity == 0 or instrument is None:
+                    continue
+                squared_off.append(self._square_off(account, position.quantity, instrument).order_id)
+        return {"expired": expired, "squared_off": squared_off}
+
+    def _square_off(self, account: Account, quantity: int, instrument: Instrument) -> Order:
+        now = self.clock.now()
+        self.counters.order += 1
+        order = Order(
+            order_id=f"{now:%y%m%d}{self.counters.order:09d}", api_key=account.api_key, placed_by=account.user_id,
+            variety="regular", exchange=instrument.exchange, tradingsymbol=instrument.tradingsymbol,
+            instrument_token=instrument.instrument_token, transaction_type="SELL" if quantity > 0 else "BUY",
+            product="MIS", market_protection=-1, tag="SQUAREOFF", guid=secrets.token_hex(8),
+            fill_settings=self.fill_settings,
+        )
+        order.start(OrderState(status=S.PUT_ORDER_REQ_RECEIVED, order_type="MARKET", validity="DAY",
+                               quantity=abs(quantity), disclosed_quantity=0, price=Decimal(0),
+                               trigger_price=Decimal(0), order_timestamp=now))
+        self.orders[order.order_id] = order
+        account.order_ids.append(order.order_id)
+        order.advance(S.VALIDATION_PENDING)
+        order.advance(S.OPEN_PENDING)
+        order.advance(S.OPEN, exchange_order_id=f"13{self.counters.order:014d}", exchange_timestamp=now,
+                      exchange_update_timestamp=now, status_message="Squared off by the broker at the close (MIS).")
+        self._track_live(order)
+        self._fill(order, instrument, abs(quantity), self.market.last_price(instrument))
+        self.on_change(COUNTERS_KEY)
         self.on_change(order_key(order.order_id))
         return order
 
@@ -434,13 +549,13 @@ class PaperExchange:
         return moved
 
     def reprice(self, keys: Iterable[str]) -> None:
-        moved = False
-        for key in keys:
-            moved = True
+        moved = list(keys)
+        for key in moved:
             for order_id in sorted(self._live_by_instrument.get(key, ())):
                 self._evaluate(self.orders[order_id])
         if moved:
             self.on_change(QUOTES_KEY)
+            self.on_quotes(moved)
 
     def _evaluate(self, order: Order) -> None:
         """Trigger, schedule fills for, or expire (IOC) a live order, as the last price allows."""
@@ -461,7 +576,7 @@ class PaperExchange:
             if not _trigger_hit(order, last_price):
                 return
             order.triggered = True
-            state = order.advance(S.OPEN, exchange_update_timestamp=now_ist())
+            state = order.advance(S.OPEN, exchange_update_timestamp=self.clock.now())
         if state.status != S.OPEN or order.order_id in self._fill_timers:
             return
         if state.filled_quantity < order.fill_target and _marketable(order, last_price):
@@ -502,7 +617,7 @@ class PaperExchange:
         self.on_change(order_key(order_id))
 
     def _fill(self, order: Order, instrument: Instrument, quantity: int, price: Decimal) -> None:
-        now = now_ist()
+        now = self.clock.now()
         state = order.state
         self.counters.trade += 1
         trade = Trade(
@@ -522,6 +637,7 @@ class PaperExchange:
         self.trades[trade.trade_id] = trade
         self.accounts[order.api_key].apply_trade(trade)
         self.market.record_trade(instrument, quantity, now)
+        self.on_quotes([instrument.key])
         for key in (COUNTERS_KEY, QUOTES_KEY, trade_key(trade.trade_id)):
             self.on_change(key)
         order.filled_value += price * quantity
@@ -536,7 +652,7 @@ class PaperExchange:
         state = order.state
         order.advance(S.CANCELLED, cancelled_quantity=state.quantity - state.filled_quantity,
                       status_message="IOC order: the unfilled quantity was cancelled.",
-                      exchange_update_timestamp=now_ist())
+                      exchange_update_timestamp=self.clock.now())
         self._retire(order)
 
     def _track_live(self, order: Order) -> None:
@@ -569,6 +685,24 @@ def _check_ticks(instrument: Instrument, order_type: str, price: Decimal, trigge
         if needed and not instrument.on_tick(value):
             raise InputError(f"Tick size for this script is {instrument.tick_size}. Kindly enter the "
                              f"`{name}` ({value}) in multiples of the tick size.")
+
+
+def _check_freeze_quantity(instrument: Instrument, quantity: int) -> None:
+    if quantity > instrument.freeze_quantity:
+        raise InputError(f"Quantity {quantity} exceeds the freeze quantity of {instrument.freeze_quantity} for "
+                         f"{instrument.tradingsymbol}. Place it in orders of at most {instrument.freeze_quantity}.")
+
+
+def _check_trigger_side(order_type: str, transaction_type: str, trigger_price: Decimal, last_price: Decimal) -> None:
+    """A stop fires when the price crosses it: one already crossed would fire at once, so Kite refuses it."""
+    if order_type not in TRIGGERED_ORDER_TYPES:
+        return
+    if transaction_type == "SELL" and trigger_price >= last_price:
+        raise InputError(f"Trigger price for stoploss sell orders should be lower than the last traded price "
+                         f"({last_price}). Check the trigger_price ({trigger_price}).")
+    if transaction_type == "BUY" and trigger_price <= last_price:
+        raise InputError(f"Trigger price for stoploss buy orders should be higher than the last traded price "
+                         f"({last_price}). Check the trigger_price ({trigger_price}).")
 
 
 def _check_variety(order: Order, variety: str) -> None:

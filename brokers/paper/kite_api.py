@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 JSON_CONTENT_TYPE = "application/json"
 # Routes whose answer must wait until the state file holds their change.
 MUTATING_ROUTES = ORDER_ROUTES | {"session"}
+# Kite limits these to 1 request a second, every other GET to 10.
+QUOTE_ROUTES = frozenset({"quote", "ltp", "ohlc"})
 
 
 class RawJson(bytes):
@@ -97,6 +99,9 @@ class KiteApi:
             route("/quote", "GET", "quote", self.quote),
             route("/quote/ltp", "GET", "ltp", self.ltp),
             route("/quote/ohlc", "GET", "ohlc", self.ohlc),
+            # The instruments dump needs no session on Kite either; it is CSV, not the JSON envelope.
+            Route("/instruments", self.instruments, methods=["GET"], name="instruments"),
+            Route("/instruments/{exchange}", self.instruments, methods=["GET"], name="instruments_of"),
         ]
 
     # ---- the pipeline ---------------------------------------------------------------------------
@@ -111,9 +116,15 @@ class KiteApi:
                     assert account is not None
                     record = self._record(name, account, request, form)
                     self.sim.changed(request_key(record.seq))
-                    if not self.sim.limiter.admit(account.api_key):
+                    refusal = self.sim.limiter.admit_order(account.api_key)
+                    if refusal is not None:
                         record.rate_limited = True
-                        raise RateLimitError()
+                        raise RateLimitError(refusal)
+                elif account is not None and request.method == "GET":
+                    refusal = (self.sim.limiter.admit_quote(account.api_key) if name in QUOTE_ROUTES
+                               else self.sim.limiter.admit_read(account.api_key))
+                    if refusal is not None:
+                        raise RateLimitError(refusal)
                 response = await self._run(name, handler, Call(request, account, form, None, record))
             except KiteError as error:
                 response = kite_failure(error)
@@ -250,6 +261,13 @@ class KiteApi:
         return [render.holding_json(holding, market.quote(key)) for key, holding in call.user.holdings.items()]
 
     # ---- market data ----------------------------------------------------------------------------
+
+    async def instruments(self, request: Request) -> Response:
+        exchange = request.path_params.get("exchange")
+        market = self.exchange.market
+        quotes = [quote for key in market.keys if (quote := market.quote(key)) is not None
+                  and (exchange is None or quote.instrument.exchange == exchange)]
+        return Response(render.instruments_csv(quotes), media_type="text/csv")
 
     def quote(self, call: Call) -> dict[str, Any]:
         return self._quotes(call, render.quote_json)

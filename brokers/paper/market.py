@@ -6,13 +6,15 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from brokers.paper.clock import now_ist
 from brokers.paper.errors import ControlInputError
 from brokers.paper.instruments import BUILTIN_INSTRUMENTS, Instrument, instrument_key
 
 PAISA = Decimal("0.01")
+# Circuit limits: the day's price band, this share either side of the previous close.
+CIRCUIT_BAND = Decimal("0.2")
 
 
 @dataclass
@@ -32,6 +34,21 @@ class Quote:
     def opening(cls, instrument: Instrument) -> Quote:
         price = instrument.default_price
         return cls(instrument, last_price=price, open=price, high=price, low=price, close=price)
+
+    @property
+    def lower_circuit_limit(self) -> Decimal:
+        return self.close - self._band
+
+    @property
+    def upper_circuit_limit(self) -> Decimal:
+        return self.close + self._band
+
+    @property
+    def _band(self) -> Decimal:
+        return (self.close * CIRCUIT_BAND).quantize(self.instrument.tick_size, rounding=ROUND_FLOOR)
+
+    def within_circuit(self, price: Decimal) -> Decimal:
+        return min(max(price, self.lower_circuit_limit), self.upper_circuit_limit)
 
     def move_to(self, price: Decimal) -> None:
         self.last_price = price
@@ -86,7 +103,11 @@ class Market:
                 )
             parsed[key] = parse_price(value, key)
         for key, price in parsed.items():
-            self._quotes[key].move_to(price)
+            quote = self._quotes[key]
+            if price != quote.within_circuit(price):
+                # No trade can print outside the band: a price set there starts a new day's band around it.
+                quote.open = quote.high = quote.low = quote.close = price
+            quote.move_to(price)
         return list(parsed)
 
     def record_trade(self, instrument: Instrument, quantity: int, at: datetime) -> None:
@@ -104,12 +125,33 @@ class Market:
             change = Decimal(repr(rng.gauss(0.0, volatility))) * quote.last_price
             # Onto the instrument's tick grid (0.05 is a grid, not just two decimals).
             ticks = ((quote.last_price + change) / tick).to_integral_value(rounding=ROUND_HALF_EVEN)
-            price = max(ticks * tick, tick)
+            # Trading stops at the circuit limits: a walk cannot leave the day's band.
+            price = quote.within_circuit(max(ticks * tick, tick))
             if price != quote.last_price:
                 quote.move_to(price)
                 moved.append(key)
         return moved
 
+    def protection_price(self, instrument: Instrument, is_buy: bool, market_protection: int) -> Decimal:
+        """The limit Kite turns a protected market order into: this far from the last price, inside the band."""
+        quote = self._quotes[instrument.key]
+        percent = Decimal(market_protection) if market_protection > 0 else automatic_protection(quote.last_price)
+        tick = instrument.tick_size
+        if is_buy:
+            ticks = (quote.last_price * (1 + percent / 100) / tick).to_integral_value(rounding=ROUND_FLOOR)
+        else:
+            ticks = (quote.last_price * (1 - percent / 100) / tick).to_integral_value(rounding=ROUND_CEILING)
+        return quote.within_circuit(ticks * tick)
+
     def restore(self, key: str, quote: Quote) -> None:
         if key in self._quotes:
             self._quotes[key] = quote
+
+
+def automatic_protection(last_price: Decimal) -> Decimal:
+    """Percent away from the last price for `market_protection=-1`, by price slab (equity)."""
+    if last_price < 100:
+        return Decimal(2)
+    if last_price <= 500:
+        return Decimal(1)
+    return Decimal("0.5")

@@ -28,7 +28,8 @@ TRANSITIONS: dict[OrderStatus | None, frozenset[OrderStatus]] = {
     S.TRIGGER_PENDING: frozenset({S.OPEN, S.MODIFY_VALIDATION_PENDING, S.CANCEL_PENDING}),
     S.AMO_REQ_RECEIVED: frozenset({S.MODIFY_VALIDATION_PENDING, S.CANCEL_PENDING}),
     S.MODIFY_VALIDATION_PENDING: frozenset({S.MODIFY_PENDING}),
-    S.MODIFY_PENDING: frozenset({S.OPEN, S.TRIGGER_PENDING, S.AMO_REQ_RECEIVED}),
+    S.MODIFY_PENDING: frozenset({S.MODIFIED}),
+    S.MODIFIED: frozenset({S.OPEN, S.TRIGGER_PENDING, S.AMO_REQ_RECEIVED}),
     S.CANCEL_PENDING: frozenset({S.CANCELLED}),
     S.COMPLETE: frozenset(),
     S.REJECTED: frozenset(),
@@ -98,7 +99,10 @@ class OrderState:
 
     @property
     def pending_quantity(self) -> int:
-        return 0 if self.is_terminal else self.quantity - self.filled_quantity
+        """What is not filled; a CANCELLED order keeps it, as Kite's order book shows."""
+        if self.status in (S.COMPLETE, S.REJECTED):
+            return 0
+        return self.quantity - self.filled_quantity
 
 
 @dataclass(slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import secrets
 from decimal import Decimal
@@ -17,7 +19,6 @@ EXCHANGES = ["NSE", "NFO", "BFO", "CDS", "BSE", "MCX", "BCD", "MF"]
 PRODUCTS = ["CNC", "NRML", "MIS", "BO", "CO"]
 ORDER_TYPES = ["MARKET", "LIMIT", "SL", "SL-M"]
 DEPTH_LEVELS = 5
-CIRCUIT_BAND = Decimal("0.2")
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -250,7 +251,6 @@ def ohlc_json(quote: Quote) -> dict[str, Any]:
 def quote_json(quote: Quote) -> dict[str, Any]:
     tick = quote.instrument.tick_size
     last_trade_time = quote.last_trade_time or quote.updated_at
-    band = (quote.close * CIRCUIT_BAND).quantize(tick)
     return {
         "instrument_token": quote.instrument.instrument_token,
         "timestamp": kite_time(quote.updated_at),
@@ -265,8 +265,8 @@ def quote_json(quote: Quote) -> dict[str, Any]:
         "oi_day_high": 0,
         "oi_day_low": 0,
         "net_change": quote.last_price - quote.close,
-        "lower_circuit_limit": quote.close - band,
-        "upper_circuit_limit": quote.close + band,
+        "lower_circuit_limit": quote.lower_circuit_limit,
+        "upper_circuit_limit": quote.upper_circuit_limit,
         "ohlc": _ohlc(quote),
         # An empty book a tick either side of the last price: the simulator fills at the last price.
         "depth": {
@@ -290,3 +290,22 @@ def _money(value: Decimal) -> Decimal:
 
 def _money4(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.0001"))
+
+
+INSTRUMENT_COLUMNS = ("instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
+                      "strike", "tick_size", "lot_size", "instrument_type", "segment", "exchange")
+
+
+def instruments_csv(quotes: list[Quote]) -> bytes:
+    """Kite's daily instruments dump: one CSV row per instrument, its token the ticker's key."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(INSTRUMENT_COLUMNS)
+    for quote in quotes:
+        instrument = quote.instrument
+        writer.writerow([
+            instrument.instrument_token, instrument.instrument_token >> 8, instrument.tradingsymbol,
+            instrument.tradingsymbol, quote.close, "", 0, instrument.tick_size, 1, "EQ", instrument.exchange,
+            instrument.exchange,
+        ])
+    return out.getvalue().encode()

@@ -16,9 +16,8 @@ from brokers.paper.exchange import ExchangeSettings, PaperExchange
 from brokers.paper.faults import FaultBook
 from brokers.paper.orders import FillSettings
 from brokers.paper.persistence import StateFile, StateFileError, all_keys, record_for, restore
-from brokers.paper.request_log import OrderRateLimiter, RequestLog
-
-KITE_ORDERS_PER_SECOND = 10
+from brokers.paper.request_log import RateLimiter, RateLimits, RequestLog
+from brokers.paper.ticker import TickerHub
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,10 @@ class PaperBrokerConfig:
     # None: access tokens live until 06:00 IST the next day, like Kite's.
     token_lifetime_seconds: float | None = None
     api_secret: str | None = field(default=None, repr=False)
-    # Order requests (place, modify, cancel) per account per second; 0 turns the limit off.
-    orders_per_second: int = KITE_ORDERS_PER_SECOND
+    # Kite's request limits per account (0 turns one off); `RateLimits.off()` for none.
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    # Refuse orders (but AMOs) outside 09:15-15:30 IST on weekdays, by the simulated clock.
+    market_hours: bool = False
     state_file: Path | None = None
     random_walk: RandomWalkSettings = field(default_factory=RandomWalkSettings)
 
@@ -50,12 +51,15 @@ class Simulator:
         self.config = config
         self.exchange = PaperExchange(
             ExchangeSettings(fill=config.fill, cash=config.cash,
-                             token_lifetime_seconds=config.token_lifetime_seconds, api_secret=config.api_secret),
+                             token_lifetime_seconds=config.token_lifetime_seconds, api_secret=config.api_secret,
+                             market_hours=config.market_hours),
             on_change=self.changed,
         )
+        self.ticker = TickerHub(self.exchange)
+        self.exchange.on_quotes = self.ticker.prices_moved
         self.faults = FaultBook()
         self.requests = RequestLog()
-        self.limiter = OrderRateLimiter(config.orders_per_second)
+        self.limiter = RateLimiter(config.rate_limits, today=lambda: self.exchange.clock.now().date())
         self.random_walk = config.random_walk
         self._walker: asyncio.Task[None] | None = None
         self.state_file: StateFile | None = None
@@ -85,10 +89,11 @@ class Simulator:
     def reset(self) -> None:
         """Forget all orders, accounts, tokens, requests and faults; defaults for prices and fills."""
         self.exchange.reset()
+        self.ticker.reset()
         self.faults.clear()
         self.requests.clear()
         self.limiter.clear()
-        self.limiter.per_second = self.config.orders_per_second
+        self.limiter.limits = self.config.rate_limits
         self.random_walk = self.config.random_walk
         self._restart_walker()
 
@@ -108,6 +113,9 @@ class Simulator:
         """Note that the state under `key` changed, for the state file (no-op without one)."""
         if self.state_file is not None:
             self.state_file.mark_changed(key)
+        kind, _, order_id = key.partition(":")
+        if kind == "order" and (order := self.exchange.orders.get(order_id)) is not None:
+            self.ticker.order_changed(order)
 
     def _restart_walker(self) -> None:
         if self._walker is not None:
