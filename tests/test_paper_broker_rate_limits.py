@@ -10,7 +10,7 @@ import pytest
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
-from brokers.paper.__main__ import config_from, parse_args
+from dev.paper_broker import config_from, parse_args
 from brokers.paper.control import SimControlError
 from brokers.paper.testing import PaperBrokerServer
 
