@@ -10,9 +10,9 @@ import pytest
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
-from dev.paper_broker import config_from, parse_args
 from brokers.paper.control import SimControlError
 from brokers.paper.testing import PaperBrokerServer
+from dev.paper_broker import config_from, parse_args
 
 # A second and a little: the sliding window has passed.
 WINDOW_PASSED_SECONDS = 1.1
