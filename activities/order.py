@@ -360,7 +360,7 @@ class OrderActivities:
         ticket = request.ticket
         details = activity.info().heartbeat_details
         current: BrokerOrderState | None = request.last_known
-        if details:
+        if details and details[0] is not None:  # an attempt that died before its first snapshot sent None
             current = BrokerOrderState.model_validate(details[0])
         version = 0
         misses = 0

@@ -6,6 +6,7 @@ with the same arguments leaves the database as the first one did.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -101,6 +102,19 @@ def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_pri
         return added_price
     average = (held_price * held + added_price * added) / (held + added)
     return readable(average.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
+
+
+def _fill_increment(order: Order, fill: Fill) -> Fill:
+    """The part of `fill` the strategy does not hold yet, priced so that the order's applied total is
+    the broker's filled quantity at the broker's average price."""
+    held, held_price = order.applied_quantity, order.applied_average_price
+    added = fill.filled_quantity - held
+    if held == 0 or held_price is None or added == 0:
+        return dataclasses.replace(fill, filled_quantity=added)
+    price = (fill.average_price * fill.filled_quantity - held_price * held) / added
+    return dataclasses.replace(
+        fill, filled_quantity=added, average_price=readable(price.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
+    )
 
 
 def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> None:
@@ -361,7 +375,9 @@ class OrdersMixin(StoreBase):
             return True
 
     async def apply_fill(self, fill: Fill) -> StrategyRecord:
-        """Apply an order's final fill to its strategy, once: a second call (a replay) changes nothing.
+        """Apply an order's fill to its strategy, once: a second call with the same fill (a replay)
+        changes nothing, and a larger one (the broker's later word on an unresolved order) applies only
+        the difference, at the price that brings the order's applied average to the broker's.
 
         BUY adds to the position (weighted entry price); SELL and SL_SELL reduce it and realise P&L;
         at zero the position is FLAT and the next cycle begins.
@@ -377,19 +393,22 @@ class OrdersMixin(StoreBase):
             raise InvalidInput(f"average_price must be above zero for a fill of {fill.filled_quantity}")
         async with self._write() as session:
             order, strategy = await self._lock_order_and_strategy(session, fill.workflow_id)
-            if order.fill_applied_at is not None:
+            if order.fill_applied_at is not None and fill.filled_quantity <= order.applied_quantity:
                 return strategy_record(strategy)
             if fill.filled_quantity > order.quantity:
                 raise FillMismatch(
                     f"fill of {fill.filled_quantity} exceeds the {order.quantity} requested by order "
                     f"{fill.workflow_id}; check the broker order"
                 )
-            _apply_fill_to_position(strategy, order, fill)
+            increment = _fill_increment(order, fill)
+            _apply_fill_to_position(strategy, order, increment)
             now = utc_now()
-            order.filled_quantity = fill.filled_quantity
+            order.filled_quantity = max(order.filled_quantity, fill.filled_quantity)
+            order.applied_quantity = fill.filled_quantity
             order.status = fill.status
             if fill.filled_quantity > 0:
                 order.average_price, order.filled_at = fill.average_price, fill.filled_at
+                order.applied_average_price = fill.average_price
             order.fill_applied_at = order.updated_at = now
             strategy.last_action = (
                 f"{order.order_type} filled {fill.filled_quantity} of {order.quantity} at {fill.average_price}"
@@ -398,10 +417,12 @@ class OrdersMixin(StoreBase):
             session.add(
                 _event(
                     order,
-                    OrderEventType.FILL_APPLIED,
+                    OrderEventType.FILL_APPLIED if increment.filled_quantity == fill.filled_quantity
+                    else OrderEventType.FILL_ADDED,
                     {
                         "status": fill.status,
                         "filled_quantity": fill.filled_quantity,
+                        "added_quantity": increment.filled_quantity,
                         "average_price": fill.average_price,
                         "filled_at": fill.filled_at,
                         "open_quantity": strategy.open_quantity,
@@ -471,6 +492,42 @@ class OrdersMixin(StoreBase):
                         "completed_at": completed,
                         "result": result_data,
                     },
+                    now,
+                )
+            )
+            await session.flush()
+            return to_record(OrderRecord, order)
+
+    async def settle_order(
+        self, workflow_id: str, status: str, filled_quantity: int, average_price: Decimal, settled_at: datetime
+    ) -> OrderRecord:
+        """The broker's final word on an order whose run ended without one (UNRESOLVED): apply what the
+        run did not, and record the order's true outcome. Nothing an order run ends with is final while
+        the broker knows more. Repeating it changes nothing."""
+        workflow_id = _workflow_id(workflow_id)
+        final_status = _broker_status(status)
+        if not is_terminal(final_status):
+            raise InvalidInput(f"order {workflow_id} is still {final_status} at the broker; settle it once it ends")
+        filled = check.non_negative_int(filled_quantity, "filled_quantity")
+        settled = check.aware_datetime(settled_at, "settled_at")
+        if filled > 0:
+            await self.apply_fill(Fill(workflow_id, filled, average_price, final_status, settled))
+        outcome = LogStatus.SUCCESS if filled > 0 else LogStatus.FAILED
+        async with self._write() as session:
+            order, strategy = await self._lock_order_and_strategy(session, workflow_id)
+            if order.outcome == outcome and order.status == final_status:
+                return to_record(OrderRecord, order)
+            now = utc_now()
+            previous = order.outcome
+            order.outcome, order.status, order.updated_at = outcome, final_status, now
+            order.completed_at = order.completed_at or settled
+            if strategy.active_order_workflow_id == workflow_id:
+                strategy.active_order_workflow_id = None
+            session.add(
+                _event(
+                    order,
+                    OrderEventType.SETTLED,
+                    {"status": final_status, "filled_quantity": filled, "outcome": outcome, "was": previous},
                     now,
                 )
             )

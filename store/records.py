@@ -52,6 +52,9 @@ class OrderEventType(StrEnum):
     ADOPTED = "ADOPTED"
     STATUS = "STATUS"
     FILL_APPLIED = "FILL_APPLIED"
+    # More of an order's fill, applied later (an unresolved order settled from the broker's record).
+    FILL_ADDED = "FILL_ADDED"
+    SETTLED = "SETTLED"
     # Written by finish_order in the same transaction as the result: the outbox of order-executed events.
     ORDER_EXECUTED = "ORDER_EXECUTED"
 
@@ -221,6 +224,9 @@ class OrderRecord:
     fill_applied_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    applied_quantity: int = 0
+    applied_average_price: Decimal | None = None
+    exit_reason: str | None = None
 
     @property
     def is_finished(self) -> bool:
