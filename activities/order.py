@@ -183,6 +183,7 @@ class OrderActivities:
                 trigger_price=intent.trigger_price,
                 requested_by=intent.requested_by,
                 reason=intent.reason,
+                exit_reason=intent.exit_reason,
                 order_data={
                     "workflow_id": request.workflow_id,
                     "run_id": request.run_id,
@@ -191,6 +192,7 @@ class OrderActivities:
                     "quantity": quantity,
                     "trigger_price": str(intent.trigger_price) if intent.trigger_price is not None else None,
                     "square_off": intent.square_off,
+                    "exit_reason": intent.exit_reason,
                 },
             )
 
@@ -248,8 +250,10 @@ class OrderActivities:
                 raise errors.ValidationFailed(
                     f"{name} is {strategy.status}: only a stopped strategy is squared off; send a plain SELL"
                 )
-        elif strategy.status != "RUNNING":
-            raise errors.ValidationFailed(f"{name} is {strategy.status}, not RUNNING: start it to trade")
+        elif order_type is OrderType.BUY or strategy.status != "SL_TRIGGERED":
+            # A stop-loss that failed or filled in part leaves SL_TRIGGERED: its position can still be sold.
+            if strategy.status != "RUNNING":
+                raise errors.ValidationFailed(f"{name} is {strategy.status}, not RUNNING: start it to trade")
         if not strategy.symbol:
             raise errors.ValidationFailed(f"{name} has no symbol: set the instrument to trade")
         if order_type is OrderType.BUY:

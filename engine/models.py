@@ -24,8 +24,11 @@ class OrderIntent(BaseModel):
     trigger_price: Decimal | None = None
     requested_by: str = "system"
     reason: str | None = None
-    # Set only by the emergency stop: a SELL of a STOPPED strategy's open position (see validate).
+    # Set only by the emergency stop and an operator's exit: a SELL of a STOPPED strategy's open position.
     square_off: bool = False
+    # Why an exit is sent (store.ExitReason: SCHEDULED_EXIT, STOP_LOSS, MANUAL, SQUARE_OFF, ...); None:
+    # its order type's default.
+    exit_reason: str | None = None
 
 
 class Outcome(StrEnum):

@@ -57,6 +57,7 @@ from starter.deps import (
     strategy_id_of,
     temporal_call,
 )
+from starter.orders import NothingToExit
 from starter.schedules import ScheduleView
 from store import Store
 from store.errors import (
@@ -298,6 +299,9 @@ class RecordedOrderOut(BaseModel):
     reason: str | None
     placed_at: datetime | None
     completed_at: datetime | None
+    exit_reason: str | None = Field(
+        default=None, description="an exit's: SCHEDULED_EXIT, STOP_LOSS, MANUAL, SQUARE_OFF or BROKER_SQUARE_OFF"
+    )
 
 
 class OrderStatusOut(BaseModel):
@@ -334,6 +338,7 @@ class OrderStatusOut(BaseModel):
                 filled_quantity=order.filled_quantity, average_price=order.average_price,
                 trigger_price=order.trigger_price, outcome=order.outcome, requested_by=order.requested_by,
                 reason=order.reason, placed_at=order.placed_at, completed_at=order.completed_at,
+                exit_reason=order.exit_reason,
             )
         return cls(
             workflow_id=report.workflow_id, run_id=report.run_id, workflow_status=report.workflow_status,
@@ -604,6 +609,7 @@ def create_app(
     _add_order_routes(app)
     _add_control_routes(app)
     _add_strategy_routes(app)
+    _add_strategy_exit_route(app)
     _add_health_route(app)
     return app
 
@@ -882,6 +888,41 @@ def _add_strategy_routes(app: FastAPI) -> None:
         reason = f"{(body or StopIn()).reason} ({requested_by(user)})"
         record = await services.stop_strategy(strategy_id, reason)
         return StrategyOut.of(record, await services.schedules.describe(record.id))
+
+
+class ExitIn(StrictBody):
+    reason: Text | None = None
+    wait_seconds: WaitSeconds = 0
+
+
+def _add_strategy_exit_route(app: FastAPI) -> None:
+    @app.post(
+        "/strategies/{strategy_id}/exit",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=OrderAcceptedOut,
+        responses={**ORDER_RESPONSES, 200: {"model": OrderAcceptedOut, "description": "waited: the order ended"}},
+        tags=["strategies"],
+        summary="Sell whatever the strategy still holds, at market, whatever its state (exit reason MANUAL)",
+        description="The way out after a partial exit, a failed stop-loss or an emergency stop without "
+        "square-off. 409 when the strategy holds nothing or another exit of the position is in flight.",
+    )
+    async def exit_strategy_position(
+        strategy_id: StrategyIdPath,
+        services: ServicesDep,
+        user: UserDep,
+        body: Annotated[ExitIn | None, Body()] = None,
+    ) -> JSONResponse:
+        strategy = await owned_strategy(services, user, strategy_id)
+        request = body or ExitIn()
+        try:
+            handle = await temporal_call(
+                "start the exit",
+                services.starter.exit_position(strategy, requested_by=requested_by(user), reason=request.reason),
+                timeout=None,
+            )
+        except NothingToExit as nothing:
+            raise ApiError(status.HTTP_409_CONFLICT, str(nothing)) from None
+        return await _answer_after_waiting(services, handle.id, request.wait_seconds)
 
 
 async def _owned_account(services: Services, user: UserRecord, account_id: int) -> None:

@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(run=Cli.strategies_stop)
     sync = strategy_commands.add_parser("sync-schedules", help="re-apply every strategy's schedules")
     sync.set_defaults(run=Cli.strategies_sync_schedules)
+    _add_strategy_exit_command(strategy_commands)
 
     order = groups.add_parser("order", help="place, follow and cancel orders")
     order_commands = order.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -214,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_strategy_exit_command(strategy_commands: Any) -> None:
+    exit_ = strategy_commands.add_parser(
+        "exit", help="sell what the strategy still holds, at market, whatever its state (exit reason MANUAL)"
+    )
+    exit_.add_argument("strategy_id", type=_positive_int)
+    exit_.add_argument("--reason")
+    _add_wait(exit_)
+    exit_.set_defaults(run=Cli.strategies_exit)
+
+
 def _add_wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="wait for the order's result, with a spinner")
     parser.add_argument("--timeout", type=float, default=DEFAULT_WAIT_SECONDS, help="seconds to wait at most")
@@ -265,6 +276,7 @@ def order_status_table(report: OrderStatus) -> Table:
             ("workflow", f"{report.workflow_status} (run {report.run_id})"),
             ("strategy", report.strategy_id),
             ("type", report.order_type),
+            ("exit reason", report.order.exit_reason if report.order is not None else None),
             ("stage", report.stage),
             ("outcome", report.outcome),
             ("broker order", report.broker_order_id),
@@ -330,6 +342,27 @@ class Cli:
         self.console.print(strategies_table([strategy]))
         await self._print_schedules(strategy.id)
         return OK
+
+    async def strategies_exit(self, args: argparse.Namespace) -> int:
+        """The way out after a partial exit, a failed stop-loss or an emergency stop without square-off."""
+        handle = await temporal_call(
+            "start the exit",
+            self.services.starter.exit_position(args.strategy_id, requested_by=OPERATOR, reason=args.reason),
+            timeout=None,
+        )
+        self.say(f"exit started: [bold]{handle.id}[/bold]")
+        if not args.wait:
+            self.say(f"follow it with: engine order status {handle.id}")
+            return OK
+        try:
+            await temporal_call("wait for the exit", handle.result(), timeout=timedelta(seconds=args.timeout))
+        except WorkflowFailureError:
+            pass  # its outcome is in the status read next
+        except TemporalUnavailable:
+            self.say(f"[yellow]not finished after {args.timeout:g}s; it goes on[/yellow]")
+        report = await self.services.order_status(handle.id)
+        self.console.print(order_status_table(report))
+        return FAILED if report.outcome in FAILED_OUTCOMES else OK
 
     async def strategies_sync_schedules(self, args: argparse.Namespace) -> int:
         strategies = await self.store.list_strategies()

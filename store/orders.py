@@ -65,7 +65,16 @@ def _checked_new_order(new: NewOrder) -> NewOrder:
         raise InvalidInput(
             f"a {order_type} order is a {order_type.transaction_type} at the broker, not {transaction_type}"
         )
+    if order_type is OrderType.BUY:
+        if new.exit_reason is not None:
+            raise InvalidInput(f"a BUY has no exit reason, got {new.exit_reason!r}")
+        exit_reason = None
+    elif new.exit_reason is None:
+        exit_reason = ExitReason.default_for(order_type)
+    else:
+        exit_reason = ExitReason(check.choice(new.exit_reason, "exit_reason", ExitReason))
     return NewOrder(
+        exit_reason=exit_reason,
         workflow_id=_workflow_id(new.workflow_id),
         strategy_id=check.positive_int(new.strategy_id, "strategy_id"),
         user_id=check.positive_int(new.user_id, "user_id"),
@@ -146,8 +155,8 @@ def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> Non
         strategy.position_cycle += 1
         if strategy.status == StrategyStatus.SL_TRIGGERED:
             strategy.status = StrategyStatus.RUNNING
-        if order.order_type == OrderType.SELL and strategy.exit_reason is None:
-            strategy.exit_reason = ExitReason.SCHEDULED_EXIT
+        if strategy.exit_reason is None:  # a stop-loss that began this exit stays its reason
+            strategy.exit_reason = order.exit_reason or ExitReason.default_for(order.order_type)
 
 
 class OrdersMixin(StoreBase):
@@ -207,6 +216,7 @@ class OrdersMixin(StoreBase):
                     trigger_price=new.trigger_price,
                     requested_by=new.requested_by,
                     reason=new.reason,
+                    exit_reason=new.exit_reason,
                     adopted=False,
                     status=ORDER_STATUS_NEW,
                     filled_quantity=0,
@@ -240,6 +250,7 @@ class OrdersMixin(StoreBase):
                             "trigger_price": order.trigger_price,
                             "requested_by": order.requested_by,
                             "reason": order.reason,
+                            "exit_reason": order.exit_reason,
                             "position_cycle": strategy.position_cycle,
                         },
                         now,
@@ -465,7 +476,11 @@ class OrdersMixin(StoreBase):
             now = utc_now()
             order.outcome, order.status, order.completed_at = final, final_status, completed
             order.updated_at = now
-            if strategy.active_order_workflow_id == workflow_id:
+            # An order that reached the broker and never ended there may still fill: it keeps the strategy
+            # (no second order beside it) until its settlement from the broker's record releases it.
+            placed = order.broker_order_id is not None
+            may_be_live = final == LogStatus.ERROR and placed and not is_terminal(final_status)
+            if strategy.active_order_workflow_id == workflow_id and not may_be_live:
                 strategy.active_order_workflow_id = None
             if final != LogStatus.SUCCESS:
                 strategy.last_error = error_message or f"{order.order_type} order {workflow_id} ended {final}"

@@ -40,8 +40,19 @@ class LogStatus(StrEnum):
 
 
 class ExitReason(StrEnum):
+    """Why an exit was sent; the strategy keeps the reason of the exit that closed its position."""
+
     STOP_LOSS = "STOP_LOSS"
-    SCHEDULED_EXIT = "SCHEDULED_EXIT"
+    SCHEDULED_EXIT = "SCHEDULED_EXIT"  # the strategy's exit schedule, or the engine's own routine exit
+    MANUAL = "MANUAL"  # a person, through the API or the CLI
+    SQUARE_OFF = "SQUARE_OFF"  # an emergency stop's square-off
+    BROKER_SQUARE_OFF = "BROKER_SQUARE_OFF"  # the broker's own square-off (Kite's MIS close), found by reconciling
+
+    @classmethod
+    def default_for(cls, order_type: str) -> ExitReason | None:
+        if order_type == "SL_SELL":
+            return cls.STOP_LOSS
+        return cls.SCHEDULED_EXIT if order_type == "SELL" else None
 
 
 class OrderEventType(StrEnum):
@@ -193,6 +204,8 @@ class NewOrder:
     order_data: dict[str, Any] = field(default_factory=dict)
     # When the attempt started; the time of the call when not given.
     attempted_at: datetime | None = None
+    # An exit's reason (ExitReason); its order type's default when not given. None for a BUY.
+    exit_reason: str | None = None
 
 
 @dataclass(frozen=True)
