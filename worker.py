@@ -34,10 +34,11 @@ from store import Store
 from workflows.emergency_stop import AlertDeliveryWorkflow, EmergencyStopWorkflow
 from workflows.order import OrderWorkflow
 from workflows.scheduled import ScheduledOrderWorkflow
+from workflows.twin_watch import TwinWatchWorkflow
 
 log = logging.getLogger("engine.worker")
 
-WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow]
+WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow, TwinWatchWorkflow]
 
 
 @dataclass
@@ -58,6 +59,8 @@ class WorkerParts:
             orders.follow_order,
             orders.cancel_at_broker,
             orders.finish_order,
+            orders.sweep_twins,
+            orders.finish_twin,
             alerts.log_alert,
             control.stop_strategies,
             control.pause_schedules,

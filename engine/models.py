@@ -62,6 +62,7 @@ class OrderPolicy(BaseModel):
     poll_interval_seconds: float
     broker_timeout_seconds: float
     market_protection: int | None = None
+    twin_watch_seconds: float = 120.0
 
 
 class OrderTicket(BaseModel):
@@ -77,6 +78,7 @@ class OrderTicket(BaseModel):
     product: str
     tag: str
     policy: OrderPolicy
+    order_type: str | None = None  # BUY, SELL or SL_SELL: how long a re-send waits depends on it
 
 
 class PlaceOrder(BaseModel):
@@ -86,6 +88,8 @@ class PlaceOrder(BaseModel):
 class Placement(BaseModel):
     broker_order_id: str
     adopted: bool = Field(description="found in the order book by tag instead of placed by this attempt")
+    # An earlier request for this order may have reached the broker too: its tag is watched for a twin.
+    resent: bool = False
 
 
 class BegunOrder(BaseModel):
@@ -116,6 +120,33 @@ class FollowOrder(BaseModel):
 class FollowResult(BaseModel):
     state: BrokerOrderState
     timed_out: bool = False
+    twins: list[str] = Field(default_factory=list)  # other broker orders seen under the order's tag
+
+
+class WatchTwins(BaseModel):
+    """After an order sent more than once ended: its tag watched for a twin until `until`."""
+
+    ticket: OrderTicket
+    order_key: str
+    order_type: OrderType
+    strategy_id: int
+    user_id: int
+    broker_order_id: str
+    until: datetime
+    known_twins: list[str] = Field(default_factory=list)
+
+
+class SweepTwins(BaseModel):
+    ticket: OrderTicket
+    order_key: str
+    broker_order_id: str
+
+
+class FinishTwin(BaseModel):
+    ticket: OrderTicket
+    order_key: str
+    broker_order_id: str  # the order's own
+    twin: BrokerOrderState
 
 
 class CancelAtBroker(BaseModel):

@@ -54,6 +54,14 @@ ONE_PER_ORDER = frozenset(
 )
 
 
+TWIN_MARK = "#twin:"
+
+
+def twin_workflow_id(workflow_id: str, broker_order_id: str) -> str:
+    """The store's key of a twin: the order it doubled, marked, and the twin's broker order id."""
+    return f"{workflow_id}{TWIN_MARK}{broker_order_id}"
+
+
 def _workflow_id(value: Any) -> str:
     return check.text(value, "workflow_id", max_length=WORKFLOW_ID_LENGTH)
 
@@ -512,6 +520,52 @@ class OrdersMixin(StoreBase):
             )
             await session.flush()
             return to_record(OrderRecord, order)
+
+    async def record_twin(
+        self, workflow_id: str, broker_order_id: str, quantity: int, seen_at: datetime
+    ) -> OrderRecord:
+        """A second broker order under the tag of order `workflow_id` (a request the broker acted on after
+        the retry window): recorded as an order of its own, `{workflow_id}{TWIN_MARK}{broker_order_id}`,
+        so its fill reaches the strategy and no broker order is unknown to the store. Idempotent."""
+        workflow_id = _workflow_id(workflow_id)
+        broker_id = check.text(broker_order_id, "broker_order_id", max_length=64)
+        size = check.positive_int(quantity, "quantity")
+        seen = check.aware_datetime(seen_at, "seen_at")
+        twin_id = _workflow_id(twin_workflow_id(workflow_id, broker_id))
+        async with self._write() as session:
+            primary, strategy = await self._lock_order_and_strategy(session, workflow_id)
+            existing = await session.scalar(select(Order).where(Order.workflow_id == twin_id))
+            if existing is not None:
+                return to_record(OrderRecord, existing)
+            if primary.broker_order_id == broker_id:
+                raise InvalidInput(f"broker order {broker_id} is order {workflow_id} itself, not its twin")
+            now = utc_now()
+            twin = Order(
+                workflow_id=twin_id, strategy_id=primary.strategy_id, user_id=primary.user_id,
+                order_type=primary.order_type, transaction_type=primary.transaction_type, quantity=size,
+                symbol=primary.symbol, exchange=primary.exchange, tag=primary.tag,
+                trigger_price=primary.trigger_price, requested_by=primary.requested_by,
+                reason=f"twin of {workflow_id} (broker order {primary.broker_order_id})",
+                exit_reason=primary.exit_reason, broker_order_id=broker_id, adopted=True,
+                status=ORDER_STATUS_PLACED, filled_quantity=0, created_at=now, placed_at=seen, updated_at=now,
+            )
+            session.add(twin)
+            await session.flush()
+            session.add(
+                OrderLog(
+                    order_id=twin.id, workflow_id=twin_id, user_id=twin.user_id, strategy_id=twin.strategy_id,
+                    order_type=twin.order_type,
+                    order_data={"twin_of": workflow_id, "broker_order_id": broker_id, "quantity": size},
+                    status=LogStatus.ATTEMPTING, attempted_at=seen,
+                )
+            )
+            data = {"broker_order_id": broker_id, "twin_of": workflow_id, "primary": primary.broker_order_id}
+            session.add(_event(twin, OrderEventType.TWIN_FOUND, data, now))
+            session.add(_event(primary, OrderEventType.TWIN_FOUND, data, now))
+            strategy.last_action = f"twin broker order {broker_id} found under the tag of {workflow_id}"
+            strategy.updated_at = now
+            await session.flush()
+            return to_record(OrderRecord, twin)
 
     async def settle_order(
         self, workflow_id: str, status: str, filled_quantity: int, average_price: Decimal, settled_at: datetime

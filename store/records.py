@@ -66,6 +66,8 @@ class OrderEventType(StrEnum):
     # More of an order's fill, applied later (an unresolved order settled from the broker's record).
     FILL_ADDED = "FILL_ADDED"
     SETTLED = "SETTLED"
+    # A second broker order under one order's tag; on both the order and the twin's own row.
+    TWIN_FOUND = "TWIN_FOUND"
     # Written by finish_order in the same transaction as the result: the outbox of order-executed events.
     ORDER_EXECUTED = "ORDER_EXECUTED"
 
