@@ -6,6 +6,7 @@ calendar); nothing here is a module-level singleton, so tests build it with a re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,9 @@ from store.records import BrokerCredentials, Fill, NewOrder, StrategyRecord
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_BACKOFF = timedelta(seconds=1)
+STALE_STATE_GRACE = timedelta(seconds=30)
+# The longest wait between order-book polls of a follower while the polls fail.
+FAILED_POLL_BACKOFF_MAX = 5.0
 CREDENTIALS_TTL_SECONDS = 30.0
 
 
@@ -384,9 +388,15 @@ class OrderActivities:
             current = BrokerOrderState.model_validate(details[0])
         version = 0
         misses = 0
+        failures = 0
         twins: dict[str, BrokerOrder] = {}
+        account = str(ticket.broker_account_id)
         while True:
             broker = await self._broker(ticket.broker_account_id)
+            fresh = False
+            if failures:
+                # A failed poll answers at once: wait for the next one, ever longer, instead of spinning.
+                await asyncio.sleep(min(request.poll_interval_seconds * 2**failures, FAILED_POLL_BACKOFF_MAX))
             try:
                 version, order = await self.watcher.next_snapshot(
                     str(ticket.broker_account_id),
@@ -399,14 +409,18 @@ class OrderActivities:
                     misses += 1
                     if misses >= 3:  # not in the book snapshot yet: ask for the order itself
                         order = await broker.order_status(request.broker_order_id)
+                fresh, failures = order is not None, 0
             except SessionExpiredError as expired:
                 if await self._renewed_broker(ticket.broker_account_id, broker) is None:
                     raise broker_failure(expired, sent_at=None, window=0) from None
+                version, failures = self.watcher.version(account), failures + 1
                 continue
             except DefinitiveBrokerError as refused:
                 raise broker_failure(refused, sent_at=None, window=0) from None
             except BrokerError as passing:
-                log.info("following %s: %s; polling on", request.broker_order_id, passing)
+                version, failures = self.watcher.version(account), min(failures + 1, 10)
+                if failures in (1, 10):  # the first of a run of failures, then one line per long wait
+                    log.info("following %s: %s; polling on", request.broker_order_id, passing)
                 order = None
             for twin in self.watcher.tagged(str(ticket.broker_account_id), ticket.tag, request.broker_order_id):
                 if twin.order_id not in twins:
@@ -422,7 +436,10 @@ class OrderActivities:
             activity.heartbeat(current)
             if current is not None and is_terminal(current.status):
                 return FollowResult(state=current, twins=sorted(twins))
-            if _now() >= request.deadline and current is not None:
+            # Timed out on what the broker said just now: a late follower's old state proves nothing (unless
+            # the broker has said nothing for long past the deadline: then the cancel is what can help).
+            late = _now() >= request.deadline + STALE_STATE_GRACE
+            if _now() >= request.deadline and current is not None and (fresh or late):
                 return FollowResult(state=current, timed_out=True, twins=sorted(twins))
 
     # Twins: a second broker order under one order's tag (a request the broker acted on after the window).

@@ -77,7 +77,7 @@ async def test_a_filled_twin_is_applied_and_flagged_with_both_order_ids(
     assert len(orders) == 2 and all(o["status"] == "COMPLETE" for o in orders)
     [twin] = [o for o in orders if o["order_id"] != result.broker_order_id]
     assert after.open_quantity == sum(o["filled_quantity"] for o in orders) == 8  # the store tells the truth
-    assert result.broker_order_id in str(after.intervention_reason)
+    assert str(result.broker_order_id) in str(after.intervention_reason)
     assert twin["order_id"] in str(after.intervention_reason)
     record = await engine.store.get_order(twin_workflow_id(result.order_key, twin["order_id"]))
     assert (record.broker_order_id, record.filled_quantity, record.outcome) == (twin["order_id"], 4, "SUCCESS")

@@ -296,7 +296,7 @@ class OrderWorkflow:
             reasons.append(f"could not follow the order: {self._lost_track}")
         elif not terminal:
             reasons.append(f"the broker never confirmed a final state (last: {state.status})")
-        if timed_out:
+        if timed_out and state.status != "COMPLETE":  # on the broker's state: a fill that beat the cancel is whole
             reasons.append(f"not complete after {ticket.policy.timeout_seconds:g}s; the remainder was cancelled")
         if outcome is Outcome.PARTIALLY_FILLED:
             reasons.append(f"only {state.filled_quantity} of {ticket.quantity} filled")
