@@ -416,6 +416,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="chaos-"))
+    root.chmod(0o755)  # the private cluster runs as the postgres user, who must reach its directory
     chaos = Chaos(args, root)
     try:
         return asyncio.run(chaos.run())
