@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench paper-broker worker clean
+.PHONY: venv demo test lint bench paper-broker worker clean chaos
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: venv
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+chaos: venv
+	$(PY) scripts/chaos.py
 
 bench: venv
 	$(PY) -m dev.bench

@@ -25,12 +25,13 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from engine.ids import OrderType, order_workflow_id
+from engine.ids import OrderType
 from engine.models import Alert, OrderIntent, OrderResult
-from engine.order_start import order_start_options
+from engine.order_start import intent_workflow_id, order_start_options
 from engine.settings import Settings
 from store import Store
 from store.errors import StoreError
+from store.records import ExitReason
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,8 @@ class ControlActivities:
                 # An exit already works (a stop-loss, another stop's square-off): wait for it, no second SELL.
                 started.append(OrderRun.from_order_key(working.workflow_id))
                 continue
-            # The open position's exit leg, the id every SELL and SL_SELL of this position shares.
-            workflow_id = order_workflow_id(strategy.id, strategy.position_cycle, OrderType.SELL)
+            # The open position's exit leg (or its remainder's), the id every SELL and SL_SELL of it shares.
+            workflow_id = intent_workflow_id(strategy, OrderType.SELL)
             intent = OrderIntent(
                 strategy_id=strategy.id,
                 user_id=strategy.user_id,
@@ -277,6 +278,7 @@ class ControlActivities:
                 requested_by=request.requested_by,
                 reason=f"square-off: {request.reason}",
                 square_off=True,
+                exit_reason=ExitReason.SQUARE_OFF.value,
             )
             try:
                 handle = await self.client.start_workflow(
@@ -291,6 +293,7 @@ class ControlActivities:
                         summary=f"SQUARE-OFF SELL {strategy.open_quantity} {strategy.symbol} "
                         f"for strategy {strategy.id} ({strategy.name})",
                         details=f"emergency stop by {request.requested_by}: {request.reason}",
+                        exit_reason=ExitReason.SQUARE_OFF.value,
                     ),
                 )
                 started.append(OrderRun(workflow_id=handle.id, run_id=handle.result_run_id))

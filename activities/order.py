@@ -6,6 +6,7 @@ calendar); nothing here is a module-level singleton, so tests build it with a re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from engine.models import (
     CancelAnswer,
     CancelAtBroker,
     FinishOrder,
+    FinishTwin,
     FollowOrder,
     FollowResult,
     OrderPolicy,
@@ -41,16 +43,21 @@ from engine.models import (
     Outcome,
     Placement,
     PlaceOrder,
+    SweepTwins,
 )
 from engine.order_state import supersedes
 from engine.settings import Settings
 from store import Store
-from store.errors import CredentialsMissing, EntryStopped, OrderInFlight, StoreError, StrategyNotFound
+from store.errors import CredentialsMissing, EntryStopped, FillMismatch, OrderInFlight, StoreError, StrategyNotFound
+from store.orders import twin_workflow_id
 from store.records import BrokerCredentials, Fill, NewOrder, StrategyRecord
 
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_BACKOFF = timedelta(seconds=1)
+STALE_STATE_GRACE = timedelta(seconds=30)
+# The longest wait between order-book polls of a follower while the polls fail.
+FAILED_POLL_BACKOFF_MAX = 5.0
 CREDENTIALS_TTL_SECONDS = 30.0
 
 
@@ -83,6 +90,10 @@ def to_state(order: BrokerOrder) -> BrokerOrderState:
         average_price=order.average_price,
         status_message=order.status_message,
     )
+
+
+def to_state_dict(state: BrokerOrderState) -> dict[str, Any]:
+    return state.model_dump(mode="json")
 
 
 def _may_have_placed(error: BrokerError) -> bool:
@@ -183,6 +194,7 @@ class OrderActivities:
                 trigger_price=intent.trigger_price,
                 requested_by=intent.requested_by,
                 reason=intent.reason,
+                exit_reason=intent.exit_reason,
                 order_data={
                     "workflow_id": request.workflow_id,
                     "run_id": request.run_id,
@@ -191,6 +203,7 @@ class OrderActivities:
                     "quantity": quantity,
                     "trigger_price": str(intent.trigger_price) if intent.trigger_price is not None else None,
                     "square_off": intent.square_off,
+                    "exit_reason": intent.exit_reason,
                 },
             )
 
@@ -215,12 +228,14 @@ class OrderActivities:
             quantity=order.quantity,
             product=strategy.product,
             tag=order.tag,
+            order_type=order.order_type,
             policy=OrderPolicy(
                 timeout_seconds=self.settings.order_timeout_seconds,
                 retry_attempts=self.settings.order_retry_attempts,
                 poll_interval_seconds=self.settings.order_poll_interval_seconds,
                 broker_timeout_seconds=self.settings.broker_http_timeout_seconds,
                 market_protection=self.settings.market_protection,
+                twin_watch_seconds=self.settings.twin_watch_seconds,
             ),
         )
 
@@ -248,8 +263,10 @@ class OrderActivities:
                 raise errors.ValidationFailed(
                     f"{name} is {strategy.status}: only a stopped strategy is squared off; send a plain SELL"
                 )
-        elif strategy.status != "RUNNING":
-            raise errors.ValidationFailed(f"{name} is {strategy.status}, not RUNNING: start it to trade")
+        elif order_type is OrderType.BUY or strategy.status != "SL_TRIGGERED":
+            # A stop-loss that failed or filled in part leaves SL_TRIGGERED: its position can still be sold.
+            if strategy.status != "RUNNING":
+                raise errors.ValidationFailed(f"{name} is {strategy.status}, not RUNNING: start it to trade")
         if not strategy.symbol:
             raise errors.ValidationFailed(f"{name} has no symbol: set the instrument to trade")
         if order_type is OrderType.BUY:
@@ -298,6 +315,7 @@ class OrderActivities:
         )
         await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
+        window = self._resend_window(ticket)
         try:
             # The last check before the broker: a strategy stopped while this entry queued sends nothing.
             previous_send = await self.store.start_placement(ticket.order_key, sent_at)
@@ -322,9 +340,14 @@ class OrderActivities:
         except BrokerError as error:
             if not _may_have_placed(error):
                 await self.store.set_placement_started(ticket.order_key, None)
-            raise broker_failure(error, sent_at=sent_at, window=self.settings.retry_window_seconds) from None
+            raise broker_failure(error, sent_at=sent_at, window=window) from None
         await self.store.record_placement(ticket.order_key, order_id, sent_at, adopted=False)
-        return Placement(broker_order_id=order_id, adopted=False)
+        return Placement(broker_order_id=order_id, adopted=False, resent=previous_send is not None)
+
+    def _resend_window(self, ticket: OrderTicket) -> float:
+        """How long after a request its tag must stay unseen before the order is sent again: the
+        request's own window, and the order type's quiet time (a stop-loss waits least)."""
+        return self.settings.retry_window_seconds + self.settings.resend_quiet_seconds(ticket.order_type)
 
     @activity.defn(name="find_placed_order")
     async def find_placed_order(self, ticket: OrderTicket) -> Placement | None:
@@ -337,10 +360,11 @@ class OrderActivities:
     async def _adopt_placed(self, ticket: OrderTicket, broker: Broker, previous_send: datetime) -> Placement | None:
         """Find the order an earlier attempt sent, by tag, and adopt it.
 
-        A "not found" is trusted only once the earlier request's window has passed: until then the
-        attempt is retried after the rest of the window.
+        A "not found" is trusted only once the earlier request's window and the order type's quiet time
+        have passed (orders never leave the day's book, so one look then sees the whole span): until then
+        the attempt is retried after the rest of it.
         """
-        window = self.settings.retry_window_seconds
+        window = self._resend_window(ticket)
         wait = (previous_send + timedelta(seconds=window) - _now()).total_seconds()
         if wait > 0:
             raise ApplicationError(
@@ -355,7 +379,7 @@ class OrderActivities:
         if existing is None:
             return None
         await self.store.record_placement(ticket.order_key, existing.order_id, _now(), adopted=True)
-        return Placement(broker_order_id=existing.order_id, adopted=True)
+        return Placement(broker_order_id=existing.order_id, adopted=True, resent=True)
 
     # 4. Follow to a terminal state.
 
@@ -364,12 +388,19 @@ class OrderActivities:
         ticket = request.ticket
         details = activity.info().heartbeat_details
         current: BrokerOrderState | None = request.last_known
-        if details:
+        if details and details[0] is not None:  # an attempt that died before its first snapshot sent None
             current = BrokerOrderState.model_validate(details[0])
         version = 0
         misses = 0
+        failures = 0
+        twins: dict[str, BrokerOrder] = {}
+        account = str(ticket.broker_account_id)
         while True:
             broker = await self._broker(ticket.broker_account_id)
+            fresh = False
+            if failures:
+                # A failed poll answers at once: wait for the next one, ever longer, instead of spinning.
+                await asyncio.sleep(min(request.poll_interval_seconds * 2**failures, FAILED_POLL_BACKOFF_MAX))
             try:
                 version, order = await self.watcher.next_snapshot(
                     str(ticket.broker_account_id),
@@ -382,15 +413,23 @@ class OrderActivities:
                     misses += 1
                     if misses >= 3:  # not in the book snapshot yet: ask for the order itself
                         order = await broker.order_status(request.broker_order_id)
+                fresh, failures = order is not None, 0
             except SessionExpiredError as expired:
                 if await self._renewed_broker(ticket.broker_account_id, broker) is None:
                     raise broker_failure(expired, sent_at=None, window=0) from None
+                version, failures = self.watcher.version(account), failures + 1
                 continue
             except DefinitiveBrokerError as refused:
                 raise broker_failure(refused, sent_at=None, window=0) from None
             except BrokerError as passing:
-                log.info("following %s: %s; polling on", request.broker_order_id, passing)
+                version, failures = self.watcher.version(account), min(failures + 1, 10)
+                if failures in (1, 10):  # the first of a run of failures, then one line per long wait
+                    log.info("following %s: %s; polling on", request.broker_order_id, passing)
                 order = None
+            for twin in self.watcher.tagged(str(ticket.broker_account_id), ticket.tag, request.broker_order_id):
+                if twin.order_id not in twins:
+                    await self._handle_twin(ticket, broker, request.broker_order_id, twin)
+                twins[twin.order_id] = twin
             if order is not None:
                 update = to_state(order)
                 if current is None or supersedes(
@@ -400,9 +439,75 @@ class OrderActivities:
                     await self._record_update(ticket.order_key, current)
             activity.heartbeat(current)
             if current is not None and is_terminal(current.status):
-                return FollowResult(state=current)
-            if _now() >= request.deadline and current is not None:
-                return FollowResult(state=current, timed_out=True)
+                return FollowResult(state=current, twins=sorted(twins))
+            # Timed out on what the broker said just now: a late follower's old state proves nothing (unless
+            # the broker has said nothing for long past the deadline: then the cancel is what can help).
+            late = _now() >= request.deadline + STALE_STATE_GRACE
+            if _now() >= request.deadline and current is not None and (fresh or late):
+                return FollowResult(state=current, timed_out=True, twins=sorted(twins))
+
+    # Twins: a second broker order under one order's tag (a request the broker acted on after the window).
+
+    async def _handle_twin(self, ticket: OrderTicket, broker: Broker, primary_id: str, twin: BrokerOrder) -> None:
+        """Record the twin as an order of its own and, while it is open, cancel it at once."""
+        log.critical("twin broker order %s under tag %s of order %s (broker order %s)",
+                     twin.order_id, ticket.tag, ticket.order_key, primary_id)
+        record = await self.store.record_twin(ticket.order_key, twin.order_id, twin.quantity, _now())
+        await self.store.record_order_update(
+            record.workflow_id, twin.status, twin.filled_quantity, twin.average_price, None
+        )
+        if is_terminal(twin.status) or twin.status == "CANCEL PENDING":
+            return
+        await self.pacer.wait_turn(ticket.broker_account_id)
+        try:
+            await broker.cancel_order(twin.order_id)
+        except BrokerError as error:  # the next sweep sees how it ended, and tries again while it is open
+            await self.store.append_order_event(record.workflow_id, "TWIN_CANCEL_FAILED", {"message": str(error)})
+            return
+        await self.store.append_order_event(record.workflow_id, "TWIN_CANCEL_SENT", {"broker_order_id": twin.order_id})
+
+    @activity.defn(name="sweep_twins")
+    async def sweep_twins(self, request: SweepTwins) -> list[BrokerOrderState]:
+        """One look at the order book for twins of an order that ended: each recorded, an open one cancelled."""
+        ticket = request.ticket
+        broker = await self._broker(ticket.broker_account_id)
+        try:
+            book = await broker.orders()
+        except BrokerError as error:
+            raise broker_failure(error, sent_at=None, window=0) from None
+        twins = [o for o in book if o.tag == ticket.tag and o.order_id != request.broker_order_id]
+        for twin in twins:
+            await self._handle_twin(ticket, broker, request.broker_order_id, twin)
+        return [to_state(twin) for twin in twins]
+
+    @activity.defn(name="finish_twin")
+    async def finish_twin(self, request: FinishTwin) -> str | None:
+        """Apply a twin's final fill to the strategy and close its record; the message for a person when
+        it filled anything (None when it ended unfilled)."""
+        twin = request.twin
+        ticket = request.ticket
+        key = twin_workflow_id(request.order_key, twin.order_id)
+        now = _now()
+        problem = None
+        if twin.filled_quantity > 0:
+            try:
+                await self.store.apply_fill(
+                    Fill(workflow_id=key, filled_quantity=twin.filled_quantity, average_price=twin.average_price,
+                         status=twin.status, filled_at=now)
+                )
+            except FillMismatch as beyond:  # a twin exit sold more than the strategy held: short at the broker
+                problem = f"{beyond}; the account is short at the broker: buy it back by hand"
+        outcome = "SUCCESS" if twin.filled_quantity > 0 else "FAILED"
+        await self.store.finish_order(key, outcome, twin.status, to_state_dict(twin), problem, now)
+        if twin.filled_quantity == 0:
+            return None
+        message = (
+            f"twin order: broker orders {request.broker_order_id} and {twin.order_id} both carry tag {ticket.tag} "
+            f"of {request.order_key}; the twin {ticket.transaction_type} filled {twin.filled_quantity} "
+            f"{ticket.symbol} at {twin.average_price}" + (f"; {problem}" if problem else "; applied to the position")
+        )
+        await self.store.mark_intervention(ticket.strategy_id, message)
+        return message
 
     async def _record_update(self, order_key: str, state: BrokerOrderState) -> None:
         # The store appends the STATUS event to the order's trail in the same transaction.

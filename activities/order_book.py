@@ -76,6 +76,18 @@ class OrderBookWatcher:
         finally:
             book.followers -= 1
 
+    def version(self, account: str) -> int:
+        """The newest snapshot's version (a failed poll counts as one): where a caller waits on from."""
+        book = self._books.get(account)
+        return book.version if book is not None else 0
+
+    def tagged(self, account: str, tag: str, except_order_id: str) -> list[BrokerOrder]:
+        """Other orders of the newest snapshot carrying `tag`: twins of the order `except_order_id`."""
+        book = self._books.get(account)
+        if book is None:
+            return []
+        return [o for o in book.orders.values() if o.tag == tag and o.order_id != except_order_id]
+
     async def _poll(self, account: str, book: _AccountBook) -> None:
         loop = asyncio.get_running_loop()
         delay = self.interval

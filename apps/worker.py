@@ -36,10 +36,14 @@ from workflows.emergency_stop import AlertDeliveryWorkflow, EmergencyStopWorkflo
 from workflows.order import OrderWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.scheduled import ScheduledOrderWorkflow
+from workflows.twin_watch import TwinWatchWorkflow
 
 log = logging.getLogger("engine.worker")
 
-WORKFLOWS = [OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow, ReconcileWorkflow]
+WORKFLOWS = [
+    OrderWorkflow, EmergencyStopWorkflow, AlertDeliveryWorkflow, ScheduledOrderWorkflow, ReconcileWorkflow,
+    TwinWatchWorkflow,
+]
 
 
 @dataclass
@@ -61,6 +65,8 @@ class WorkerParts:
             orders.follow_order,
             orders.cancel_at_broker,
             orders.finish_order,
+            orders.sweep_twins,
+            orders.finish_twin,
             alerts.log_alert,
             control.stop_strategies,
             control.pause_schedules,

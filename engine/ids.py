@@ -24,8 +24,13 @@ class OrderType(StrEnum):
         return "BUY" if self is OrderType.BUY else "SELL"
 
 
-def order_workflow_id(strategy_id: int, cycle: int, order_type: OrderType) -> str:
-    """One id per leg of one position cycle: a repeated trigger of the same intent collides here."""
+def order_workflow_id(strategy_id: int, cycle: int, order_type: OrderType, remainder: int | None = None) -> str:
+    """One id per leg of one position cycle: a repeated trigger of the same intent collides here.
+
+    An exit after a partial exit sells what is left: its id names that remainder (`exit-5`), so the
+    remainder can always be sold, once; it only shrinks within a cycle, so no id comes back."""
+    if remainder is not None and order_type is not OrderType.BUY:
+        return f"order:{strategy_id}:{cycle}:{order_type.leg}-{remainder}"
     return f"order:{strategy_id}:{cycle}:{order_type.leg}"
 
 

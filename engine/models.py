@@ -24,8 +24,11 @@ class OrderIntent(BaseModel):
     trigger_price: Decimal | None = None
     requested_by: str = "system"
     reason: str | None = None
-    # Set only by the emergency stop: a SELL of a STOPPED strategy's open position (see validate).
+    # Set only by the emergency stop and an operator's exit: a SELL of a STOPPED strategy's open position.
     square_off: bool = False
+    # Why an exit is sent (store.ExitReason: SCHEDULED_EXIT, STOP_LOSS, MANUAL, SQUARE_OFF, ...); None:
+    # its order type's default.
+    exit_reason: str | None = None
 
 
 class Outcome(StrEnum):
@@ -59,6 +62,7 @@ class OrderPolicy(BaseModel):
     poll_interval_seconds: float
     broker_timeout_seconds: float
     market_protection: int | None = None
+    twin_watch_seconds: float = 120.0
 
 
 class OrderTicket(BaseModel):
@@ -74,6 +78,7 @@ class OrderTicket(BaseModel):
     product: str
     tag: str
     policy: OrderPolicy
+    order_type: str | None = None  # BUY, SELL or SL_SELL: how long a re-send waits depends on it
 
 
 class PlaceOrder(BaseModel):
@@ -83,6 +88,8 @@ class PlaceOrder(BaseModel):
 class Placement(BaseModel):
     broker_order_id: str
     adopted: bool = Field(description="found in the order book by tag instead of placed by this attempt")
+    # An earlier request for this order may have reached the broker too: its tag is watched for a twin.
+    resent: bool = False
 
 
 class BegunOrder(BaseModel):
@@ -113,6 +120,33 @@ class FollowOrder(BaseModel):
 class FollowResult(BaseModel):
     state: BrokerOrderState
     timed_out: bool = False
+    twins: list[str] = Field(default_factory=list)  # other broker orders seen under the order's tag
+
+
+class WatchTwins(BaseModel):
+    """After an order sent more than once ended: its tag watched for a twin until `until`."""
+
+    ticket: OrderTicket
+    order_key: str
+    order_type: OrderType
+    strategy_id: int
+    user_id: int
+    broker_order_id: str
+    until: datetime
+    known_twins: list[str] = Field(default_factory=list)
+
+
+class SweepTwins(BaseModel):
+    ticket: OrderTicket
+    order_key: str
+    broker_order_id: str
+
+
+class FinishTwin(BaseModel):
+    ticket: OrderTicket
+    order_key: str
+    broker_order_id: str  # the order's own
+    twin: BrokerOrderState
 
 
 class CancelAtBroker(BaseModel):

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     kite_root: str | None = None
     broker_http_timeout_seconds: float = Field(default=7.0, gt=0)
     broker_orders_per_second: int = Field(default=10, ge=1)
+    # Before an order is sent again after an ambiguous failure, its tag must stay absent from the order
+    # book this long beyond the request's window (docs/control.md, "Twins"): a late BUY entry costs less
+    # than a doubled one; an exit waits less, a stop-loss not at all.
+    resend_quiet_seconds_buy: float = Field(default=10.0, ge=0)
+    resend_quiet_seconds_sell: float = Field(default=2.0, ge=0)
+    resend_quiet_seconds_stop_loss: float = Field(default=0.0, ge=0)
+    # How long an order sent more than once has its tag watched after it ended, for a twin.
+    twin_watch_seconds: float = Field(default=120.0, ge=0)
 
     # Reconciliation (docs/control.md). Kite squares off open MIS positions itself from this time (IST).
     broker_square_off_time: time = time(15, 20)
@@ -70,6 +78,14 @@ class Settings(BaseSettings):
     @property
     def uses_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def resend_quiet_seconds(self, order_type: str | None) -> float:
+        """Beyond the request's window: how long a tag must stay unseen before the order is sent again."""
+        if order_type == "SL_SELL":
+            return self.resend_quiet_seconds_stop_loss
+        if order_type == "SELL":
+            return self.resend_quiet_seconds_sell
+        return self.resend_quiet_seconds_buy
 
     @property
     def retry_window_seconds(self) -> float:

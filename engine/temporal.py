@@ -26,8 +26,9 @@ ORDER_TYPE = SearchAttributeKey.for_keyword("OrderType")
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 BROKER_ORDER_ID = SearchAttributeKey.for_keyword("BrokerOrderId")
+EXIT_REASON = SearchAttributeKey.for_keyword("ExitReason")
 
-SEARCH_ATTRIBUTES = (STRATEGY_ID, USER_ID, ORDER_TYPE, ORDER_STATUS, SYMBOL, BROKER_ORDER_ID)
+SEARCH_ATTRIBUTES = (STRATEGY_ID, USER_ID, ORDER_TYPE, ORDER_STATUS, SYMBOL, BROKER_ORDER_ID, EXIT_REASON)
 
 
 def data_converter(environ: Mapping[str, str] | None = None) -> DataConverter:

@@ -38,7 +38,7 @@ from starter.orders import OrderStarter
 from starter.schedules import StrategySchedules
 from store import Store
 from store.errors import OrderNotFound
-from store.records import OrderRecord, StrategyRecord, StrategyStatus
+from store.records import ExitReason, OrderRecord, StrategyRecord, StrategyStatus
 from workflows.order import OrderWorkflow
 
 T = TypeVar("T")
@@ -180,7 +180,10 @@ class Services:
                 strategy, trigger_price, requested_by=requested_by, reason=reason
             )
         else:
-            call = self.starter.start_order(strategy, order_type, requested_by=requested_by, reason=reason)
+            call = self.starter.start_order(
+                strategy, order_type, requested_by=requested_by, reason=reason,
+                exit_reason=ExitReason.MANUAL if order_type is OrderType.SELL else None,
+            )
         return await temporal_call(f"start the {order_type} order", call, timeout=None)
 
     def order_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[OrderWorkflow, OrderResult]:

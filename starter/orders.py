@@ -14,27 +14,29 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from engine.errors import DuplicateOrderError
-from engine.ids import OrderType, order_workflow_id
+from engine.ids import OrderType
 from engine.models import OrderIntent, OrderResult
-from engine.order_start import order_start_options
+from engine.order_start import intent_workflow_id, order_start_options
 from engine.settings import Settings
 from store import Store
-from store.records import StrategyRecord
+from store.records import ExitReason, StrategyRecord, StrategyStatus
 from workflows.order import OrderWorkflow
+
+
+class NothingToExit(ValueError):
+    """An exit was asked of a strategy that holds nothing."""
+
+    def __init__(self, strategy: StrategyRecord):
+        super().__init__(
+            f"strategy {strategy.id} ({strategy.name}) holds no {strategy.symbol}: there is nothing to exit"
+        )
+        self.strategy_id = strategy.id
+
 
 STOP_LOSS_PRIORITY = 1  # lower runs first; stop-losses overtake routine entries and exits
 ROUTINE_PRIORITY = 3
 
 OrderHandle = WorkflowHandle[OrderWorkflow, OrderResult]
-
-
-def intent_workflow_id(strategy: StrategyRecord, order_type: OrderType) -> str:
-    """The entry leg is the current cycle's; an exit belongs to the open position's cycle, or, when flat,
-    to the cycle that just closed — so a repeated exit finds the completed one and is refused."""
-    cycle = strategy.position_cycle
-    if order_type is not OrderType.BUY and strategy.open_quantity <= 0:
-        cycle -= 1
-    return order_workflow_id(strategy.id, cycle, order_type)
 
 
 class OrderStarter:
@@ -71,6 +73,25 @@ class OrderStarter:
             reason=reason or f"stop-loss triggered at {trigger_price}",
         )
 
+    async def exit_position(
+        self, strategy: StrategyRecord | int, *, requested_by: str, reason: str | None = None
+    ) -> OrderHandle:
+        """An operator's market SELL of whatever the strategy still holds, whatever its state: after a
+        partial exit, a failed stop-loss or an emergency stop without square-off. It shares the exit leg
+        (or its remainder's) with every other exit, so it never runs beside another exit of the position."""
+        record = strategy if isinstance(strategy, StrategyRecord) else await self.store.get_strategy(strategy)
+        if record.open_quantity <= 0:
+            raise NothingToExit(record)
+        return await self.start_order(
+            record,
+            OrderType.SELL,
+            requested_by=requested_by,
+            reason=reason or f"exit of the position by {requested_by}",
+            exit_reason=ExitReason.MANUAL,
+            # A STOPPED strategy accepts only a square-off: the operator's exit is one.
+            square_off=record.status == StrategyStatus.STOPPED,
+        )
+
     async def start_order(
         self,
         strategy: StrategyRecord | int,
@@ -79,9 +100,13 @@ class OrderStarter:
         trigger_price: Decimal | None = None,
         requested_by: str = "system",
         reason: str | None = None,
+        exit_reason: ExitReason | None = None,
+        square_off: bool = False,
     ) -> OrderHandle:
         record = strategy if isinstance(strategy, StrategyRecord) else await self.store.get_strategy(strategy)
         workflow_id = intent_workflow_id(record, order_type)
+        if order_type is not OrderType.BUY and exit_reason is None:
+            exit_reason = ExitReason.default_for(order_type.value)
         intent = OrderIntent(
             strategy_id=record.id,
             user_id=record.user_id,
@@ -89,7 +114,10 @@ class OrderStarter:
             trigger_price=trigger_price,
             requested_by=requested_by,
             reason=reason,
+            exit_reason=exit_reason.value if exit_reason is not None else None,
+            square_off=square_off,
         )
+        urgent = order_type is OrderType.SL_SELL or exit_reason in (ExitReason.MANUAL, ExitReason.SQUARE_OFF)
         quantity = record.quantity if order_type is OrderType.BUY else record.open_quantity
         try:
             return await self.client.start_workflow(
@@ -101,9 +129,10 @@ class OrderStarter:
                     self.settings,
                     record,
                     order_type,
-                    priority_key=STOP_LOSS_PRIORITY if order_type is OrderType.SL_SELL else ROUTINE_PRIORITY,
+                    priority_key=STOP_LOSS_PRIORITY if urgent else ROUTINE_PRIORITY,
                     summary=f"{order_type} {quantity} {record.symbol} for strategy {record.id} ({record.name})",
                     details=f"requested by {requested_by}" + (f": {reason}" if reason else ""),
+                    exit_reason=intent.exit_reason,
                 ),
             )
         except WorkflowAlreadyStartedError:

@@ -47,7 +47,7 @@ from engine.settings import Settings
 from engine.temporal import ORDER_TYPE, STRATEGY_ID, USER_ID
 from starter.orders import OrderStarter
 from store.errors import StoreError, StrategyNotFound
-from store.records import StrategyRecord, StrategyStatus
+from store.records import ExitReason, StrategyRecord, StrategyStatus
 from workflows.reconcile import ReconcileWorkflow, reconcile_workflow_id
 from workflows.scheduled import (
     START_SCHEDULED_ORDER,
@@ -319,6 +319,7 @@ class ScheduledOrderActivities:
                 request.order_type,
                 requested_by="scheduler",
                 reason=f"scheduled by {request.schedule_id}",
+                exit_reason=ExitReason.SCHEDULED_EXIT if request.order_type is not OrderType.BUY else None,
             )
         except DuplicateOrderError as duplicate:
             return ScheduledOrderResult(

@@ -175,6 +175,12 @@ class Order(Base):
     filled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Set once, when the fill reached the strategy: what makes apply_fill idempotent.
     fill_applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How much of the fill the strategy holds so far, at what average: a later, larger fill of the same
+    # order (an unresolved order settled from the broker's record) applies only the difference.
+    applied_quantity: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    applied_average_price: Mapped[Decimal | None] = mapped_column(ExactDecimal())
+    # Why an exit was sent: SCHEDULED_EXIT, STOP_LOSS, MANUAL, SQUARE_OFF, BROKER_SQUARE_OFF.
+    exit_reason: Mapped[str | None] = mapped_column(String(32))
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -6,6 +6,7 @@ with the same arguments leaves the database as the first one did.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -53,6 +54,14 @@ ONE_PER_ORDER = frozenset(
 )
 
 
+TWIN_MARK = "#twin:"
+
+
+def twin_workflow_id(workflow_id: str, broker_order_id: str) -> str:
+    """The store's key of a twin: the order it doubled, marked, and the twin's broker order id."""
+    return f"{workflow_id}{TWIN_MARK}{broker_order_id}"
+
+
 def _workflow_id(value: Any) -> str:
     return check.text(value, "workflow_id", max_length=WORKFLOW_ID_LENGTH)
 
@@ -64,7 +73,16 @@ def _checked_new_order(new: NewOrder) -> NewOrder:
         raise InvalidInput(
             f"a {order_type} order is a {order_type.transaction_type} at the broker, not {transaction_type}"
         )
+    if order_type is OrderType.BUY:
+        if new.exit_reason is not None:
+            raise InvalidInput(f"a BUY has no exit reason, got {new.exit_reason!r}")
+        exit_reason = None
+    elif new.exit_reason is None:
+        exit_reason = ExitReason.default_for(order_type)
+    else:
+        exit_reason = ExitReason(check.choice(new.exit_reason, "exit_reason", ExitReason))
     return NewOrder(
+        exit_reason=exit_reason,
         workflow_id=_workflow_id(new.workflow_id),
         strategy_id=check.positive_int(new.strategy_id, "strategy_id"),
         user_id=check.positive_int(new.user_id, "user_id"),
@@ -103,6 +121,19 @@ def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_pri
     return readable(average.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
 
 
+def _fill_increment(order: Order, fill: Fill) -> Fill:
+    """The part of `fill` the strategy does not hold yet, priced so that the order's applied total is
+    the broker's filled quantity at the broker's average price."""
+    held, held_price = order.applied_quantity, order.applied_average_price
+    added = fill.filled_quantity - held
+    if held == 0 or held_price is None or added == 0:
+        return dataclasses.replace(fill, filled_quantity=added)
+    price = (fill.average_price * fill.filled_quantity - held_price * held) / added
+    return dataclasses.replace(
+        fill, filled_quantity=added, average_price=readable(price.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
+    )
+
+
 def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> None:
     """Position arithmetic in Decimal on the filled quantity and the broker's average price."""
     filled, price = fill.filled_quantity, fill.average_price
@@ -132,8 +163,8 @@ def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> Non
         strategy.position_cycle += 1
         if strategy.status == StrategyStatus.SL_TRIGGERED:
             strategy.status = StrategyStatus.RUNNING
-        if order.order_type == OrderType.SELL and strategy.exit_reason is None:
-            strategy.exit_reason = ExitReason.SCHEDULED_EXIT
+        if strategy.exit_reason is None:  # a stop-loss that began this exit stays its reason
+            strategy.exit_reason = order.exit_reason or ExitReason.default_for(order.order_type)
 
 
 class OrdersMixin(StoreBase):
@@ -193,6 +224,7 @@ class OrdersMixin(StoreBase):
                     trigger_price=new.trigger_price,
                     requested_by=new.requested_by,
                     reason=new.reason,
+                    exit_reason=new.exit_reason,
                     adopted=False,
                     status=ORDER_STATUS_NEW,
                     filled_quantity=0,
@@ -226,6 +258,7 @@ class OrdersMixin(StoreBase):
                             "trigger_price": order.trigger_price,
                             "requested_by": order.requested_by,
                             "reason": order.reason,
+                            "exit_reason": order.exit_reason,
                             "position_cycle": strategy.position_cycle,
                         },
                         now,
@@ -373,7 +406,9 @@ class OrdersMixin(StoreBase):
             return True
 
     async def apply_fill(self, fill: Fill) -> StrategyRecord:
-        """Apply an order's final fill to its strategy, once: a second call (a replay) changes nothing.
+        """Apply an order's fill to its strategy, once: a second call with the same fill (a replay)
+        changes nothing, and a larger one (the broker's later word on an unresolved order) applies only
+        the difference, at the price that brings the order's applied average to the broker's.
 
         BUY adds to the position (weighted entry price); SELL and SL_SELL reduce it and realise P&L;
         at zero the position is FLAT and the next cycle begins.
@@ -389,19 +424,22 @@ class OrdersMixin(StoreBase):
             raise InvalidInput(f"average_price must be above zero for a fill of {fill.filled_quantity}")
         async with self._write() as session:
             order, strategy = await self._lock_order_and_strategy(session, fill.workflow_id)
-            if order.fill_applied_at is not None:
+            if order.fill_applied_at is not None and fill.filled_quantity <= order.applied_quantity:
                 return strategy_record(strategy)
             if fill.filled_quantity > order.quantity:
                 raise FillMismatch(
                     f"fill of {fill.filled_quantity} exceeds the {order.quantity} requested by order "
                     f"{fill.workflow_id}; check the broker order"
                 )
-            _apply_fill_to_position(strategy, order, fill)
+            increment = _fill_increment(order, fill)
+            _apply_fill_to_position(strategy, order, increment)
             now = utc_now()
-            order.filled_quantity = fill.filled_quantity
+            order.filled_quantity = max(order.filled_quantity, fill.filled_quantity)
+            order.applied_quantity = fill.filled_quantity
             order.status = fill.status
             if fill.filled_quantity > 0:
                 order.average_price, order.filled_at = fill.average_price, fill.filled_at
+                order.applied_average_price = fill.average_price
             order.fill_applied_at = order.updated_at = now
             strategy.last_action = (
                 f"{order.order_type} filled {fill.filled_quantity} of {order.quantity} at {fill.average_price}"
@@ -410,10 +448,12 @@ class OrdersMixin(StoreBase):
             session.add(
                 _event(
                     order,
-                    OrderEventType.FILL_APPLIED,
+                    OrderEventType.FILL_APPLIED if increment.filled_quantity == fill.filled_quantity
+                    else OrderEventType.FILL_ADDED,
                     {
                         "status": fill.status,
                         "filled_quantity": fill.filled_quantity,
+                        "added_quantity": increment.filled_quantity,
                         "average_price": fill.average_price,
                         "filled_at": fill.filled_at,
                         "open_quantity": strategy.open_quantity,
@@ -456,7 +496,11 @@ class OrdersMixin(StoreBase):
             now = utc_now()
             order.outcome, order.status, order.completed_at = final, final_status, completed
             order.updated_at = now
-            if strategy.active_order_workflow_id == workflow_id:
+            # An order that reached the broker and never ended there may still fill: it keeps the strategy
+            # (no second order beside it) until its settlement from the broker's record releases it.
+            placed = order.broker_order_id is not None
+            may_be_live = final == LogStatus.ERROR and placed and not is_terminal(final_status)
+            if strategy.active_order_workflow_id == workflow_id and not may_be_live:
                 strategy.active_order_workflow_id = None
             if final != LogStatus.SUCCESS:
                 strategy.last_error = error_message or f"{order.order_type} order {workflow_id} ended {final}"
@@ -483,6 +527,88 @@ class OrdersMixin(StoreBase):
                         "completed_at": completed,
                         "result": result_data,
                     },
+                    now,
+                )
+            )
+            await session.flush()
+            return to_record(OrderRecord, order)
+
+    async def record_twin(
+        self, workflow_id: str, broker_order_id: str, quantity: int, seen_at: datetime
+    ) -> OrderRecord:
+        """A second broker order under the tag of order `workflow_id` (a request the broker acted on after
+        the retry window): recorded as an order of its own, `{workflow_id}{TWIN_MARK}{broker_order_id}`,
+        so its fill reaches the strategy and no broker order is unknown to the store. Idempotent."""
+        workflow_id = _workflow_id(workflow_id)
+        broker_id = check.text(broker_order_id, "broker_order_id", max_length=64)
+        size = check.positive_int(quantity, "quantity")
+        seen = check.aware_datetime(seen_at, "seen_at")
+        twin_id = _workflow_id(twin_workflow_id(workflow_id, broker_id))
+        async with self._write() as session:
+            primary, strategy = await self._lock_order_and_strategy(session, workflow_id)
+            existing = await session.scalar(select(Order).where(Order.workflow_id == twin_id))
+            if existing is not None:
+                return to_record(OrderRecord, existing)
+            if primary.broker_order_id == broker_id:
+                raise InvalidInput(f"broker order {broker_id} is order {workflow_id} itself, not its twin")
+            now = utc_now()
+            twin = Order(
+                workflow_id=twin_id, strategy_id=primary.strategy_id, user_id=primary.user_id,
+                order_type=primary.order_type, transaction_type=primary.transaction_type, quantity=size,
+                symbol=primary.symbol, exchange=primary.exchange, tag=primary.tag,
+                trigger_price=primary.trigger_price, requested_by=primary.requested_by,
+                reason=f"twin of {workflow_id} (broker order {primary.broker_order_id})",
+                exit_reason=primary.exit_reason, broker_order_id=broker_id, adopted=True,
+                status=ORDER_STATUS_PLACED, filled_quantity=0, created_at=now, placed_at=seen, updated_at=now,
+            )
+            session.add(twin)
+            await session.flush()
+            session.add(
+                OrderLog(
+                    order_id=twin.id, workflow_id=twin_id, user_id=twin.user_id, strategy_id=twin.strategy_id,
+                    order_type=twin.order_type,
+                    order_data={"twin_of": workflow_id, "broker_order_id": broker_id, "quantity": size},
+                    status=LogStatus.ATTEMPTING, attempted_at=seen,
+                )
+            )
+            data = {"broker_order_id": broker_id, "twin_of": workflow_id, "primary": primary.broker_order_id}
+            session.add(_event(twin, OrderEventType.TWIN_FOUND, data, now))
+            session.add(_event(primary, OrderEventType.TWIN_FOUND, data, now))
+            strategy.last_action = f"twin broker order {broker_id} found under the tag of {workflow_id}"
+            strategy.updated_at = now
+            await session.flush()
+            return to_record(OrderRecord, twin)
+
+    async def settle_order(
+        self, workflow_id: str, status: str, filled_quantity: int, average_price: Decimal, settled_at: datetime
+    ) -> OrderRecord:
+        """The broker's final word on an order whose run ended without one (UNRESOLVED): apply what the
+        run did not, and record the order's true outcome. Nothing an order run ends with is final while
+        the broker knows more. Repeating it changes nothing."""
+        workflow_id = _workflow_id(workflow_id)
+        final_status = _broker_status(status)
+        if not is_terminal(final_status):
+            raise InvalidInput(f"order {workflow_id} is still {final_status} at the broker; settle it once it ends")
+        filled = check.non_negative_int(filled_quantity, "filled_quantity")
+        settled = check.aware_datetime(settled_at, "settled_at")
+        if filled > 0:
+            await self.apply_fill(Fill(workflow_id, filled, average_price, final_status, settled))
+        outcome = LogStatus.SUCCESS if filled > 0 else LogStatus.FAILED
+        async with self._write() as session:
+            order, strategy = await self._lock_order_and_strategy(session, workflow_id)
+            if order.outcome == outcome and order.status == final_status:
+                return to_record(OrderRecord, order)
+            now = utc_now()
+            previous = order.outcome
+            order.outcome, order.status, order.updated_at = outcome, final_status, now
+            order.completed_at = order.completed_at or settled
+            if strategy.active_order_workflow_id == workflow_id:
+                strategy.active_order_workflow_id = None
+            session.add(
+                _event(
+                    order,
+                    OrderEventType.SETTLED,
+                    {"status": final_status, "filled_quantity": filled, "outcome": outcome, "was": previous},
                     now,
                 )
             )

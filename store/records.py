@@ -40,9 +40,19 @@ class LogStatus(StrEnum):
 
 
 class ExitReason(StrEnum):
+    """Why an exit was sent; the strategy keeps the reason of the exit that closed its position."""
+
     STOP_LOSS = "STOP_LOSS"
-    SCHEDULED_EXIT = "SCHEDULED_EXIT"
-    BROKER_SQUARE_OFF = "BROKER_SQUARE_OFF"  # the broker closed an intraday position itself
+    SCHEDULED_EXIT = "SCHEDULED_EXIT"  # the strategy's exit schedule, or the engine's own routine exit
+    MANUAL = "MANUAL"  # a person, through the API or the CLI
+    SQUARE_OFF = "SQUARE_OFF"  # an emergency stop's square-off
+    BROKER_SQUARE_OFF = "BROKER_SQUARE_OFF"  # the broker's own square-off (Kite's MIS close), found by reconciling
+
+    @classmethod
+    def default_for(cls, order_type: str) -> ExitReason | None:
+        if order_type == "SL_SELL":
+            return cls.STOP_LOSS
+        return cls.SCHEDULED_EXIT if order_type == "SELL" else None
 
 
 class OrderEventType(StrEnum):
@@ -53,6 +63,11 @@ class OrderEventType(StrEnum):
     ADOPTED = "ADOPTED"
     STATUS = "STATUS"
     FILL_APPLIED = "FILL_APPLIED"
+    # More of an order's fill, applied later (an unresolved order settled from the broker's record).
+    FILL_ADDED = "FILL_ADDED"
+    SETTLED = "SETTLED"
+    # A second broker order under one order's tag; on both the order and the twin's own row.
+    TWIN_FOUND = "TWIN_FOUND"
     # Written by finish_order in the same transaction as the result: the outbox of order-executed events.
     ORDER_EXECUTED = "ORDER_EXECUTED"
 
@@ -191,6 +206,8 @@ class NewOrder:
     order_data: dict[str, Any] = field(default_factory=dict)
     # When the attempt started; the time of the call when not given.
     attempted_at: datetime | None = None
+    # An exit's reason (ExitReason); its order type's default when not given. None for a BUY.
+    exit_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +239,9 @@ class OrderRecord:
     fill_applied_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    applied_quantity: int = 0
+    applied_average_price: Decimal | None = None
+    exit_reason: str | None = None
 
     @property
     def is_finished(self) -> bool:

@@ -549,3 +549,30 @@ async def test_temporal_unreachable_is_503_saying_to_retry(engine: Engine) -> No
     assert health.json()["database"] == "ok" and health.json()["temporal"].startswith("unreachable")
     assert strategy.status_code == 200 and strategy.json()["schedules"] is None
     assert broker_orders(engine, alice) == []
+
+
+async def test_an_exit_through_the_api_sells_what_the_strategy_holds(engine: Engine, api: httpx.AsyncClient) -> None:
+    alice = await api_user(engine, "exitapi")
+    strategy = await create_strategy(api, alice, symbol="TCS", quantity=6)
+    await api.post(
+        "/execution/order",
+        json={"strategy_id": strategy["id"], "order_type": "BUY", "reason": "in", "wait_seconds": WAIT_SECONDS},
+        headers=alice.headers,
+    )
+    stopped = await api.post(f"/strategies/{strategy['id']}/stop", headers=alice.headers)
+    assert stopped.status_code == 200, stopped.text
+
+    exited = await api.post(
+        f"/strategies/{strategy['id']}/exit", json={"reason": "closing by hand", "wait_seconds": WAIT_SECONDS},
+        headers=alice.headers,
+    )
+    nothing = await api.post(f"/strategies/{strategy['id']}/exit", headers=alice.headers)
+
+    assert exited.status_code == 200, exited.text
+    answer = exited.json()
+    assert answer["workflow_id"] == f"order:{strategy['id']}:1:exit"
+    assert answer["status"]["outcome"] == "FILLED" and answer["status"]["filled_quantity"] == 6
+    assert answer["status"]["recorded"]["exit_reason"] == "MANUAL"
+    after = (await api.get(f"/strategies/{strategy['id']}", headers=alice.headers)).json()
+    assert (after["status"], after["position"], after["exit_reason"]) == ("STOPPED", "FLAT", "MANUAL")
+    assert nothing.status_code == 409 and "nothing to exit" in nothing.json()["detail"]

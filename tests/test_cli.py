@@ -127,3 +127,24 @@ async def test_an_emergency_stop_from_the_cli_stops_the_users_strategies(engine:
         assert after.status == "STOPPED" and "feed is down" in (after.stop_reason or "")
     assert (await engine.store.get_strategy(bystander.id)).status == "RUNNING"
     assert unknown_user.code == NOT_FOUND and "user 99999999 does not exist" in unknown_user.output
+
+
+async def test_an_operator_exits_what_a_partial_exit_left(engine: Engine, engine_cli: Operator) -> None:
+    cli = engine_cli
+    strategy = await engine.strategy("INFY", quantity=10, api_key="exitcli")
+    await (await engine.starter.place_buy_order(strategy)).result()
+    assert engine.parts is not None
+    engine.parts.order_activities.settings = engine.settings.model_copy(update={"order_timeout_seconds": 1.0})
+    engine.paper.control.set_fill(fill_ratio="0.5")
+    await (await engine.starter.place_sell_order(strategy.id)).result()  # sells 5 of 10, the rest cancelled
+    engine.parts.order_activities.settings = engine.settings
+    engine.paper.control.set_fill(fill_ratio="1")
+
+    sold = await cli("strategies", "exit", str(strategy.id), "--wait", "--timeout", "30")
+    again = await cli("strategies", "exit", str(strategy.id))
+
+    assert sold.code == OK, sold.output
+    assert f"order:{strategy.id}:1:exit-5" in sold.output and "FILLED" in sold.output
+    assert re.search(r"exit reason\s+│\s+MANUAL", sold.output), sold.output
+    assert (await engine.store.get_strategy(strategy.id)).open_quantity == 0
+    assert again.code == FAILED and "nothing to exit" in again.output

@@ -33,7 +33,7 @@ EXPECTED_SERVICES = {
     "api",
     "codec-server",
 }
-SEARCH_ATTRIBUTE_NAMES = {"StrategyId", "UserId", "OrderType", "OrderStatus", "Symbol", "BrokerOrderId"}
+SEARCH_ATTRIBUTE_NAMES = {"StrategyId", "UserId", "OrderType", "OrderStatus", "Symbol", "BrokerOrderId", "ExitReason"}
 
 # Read by temporalio.envconfig.ClientConfig (Temporal's client conventions).
 TEMPORAL_CLIENT_ENV = {

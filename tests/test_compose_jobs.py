@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "deploy" / "temporal"
 VENV_BIN = Path(sys.executable).parent
-SEARCH_ATTRIBUTE_NAMES = {"StrategyId", "UserId", "OrderType", "OrderStatus", "Symbol", "BrokerOrderId"}
+SEARCH_ATTRIBUTE_NAMES = {"StrategyId", "UserId", "OrderType", "OrderStatus", "Symbol", "BrokerOrderId", "ExitReason"}
 
 
 @pytest.fixture(scope="module")

@@ -466,3 +466,25 @@ async def test_timestamps_come_back_aware_in_utc(store: Store) -> None:
     assert placed.placed_at is not None and placed.placed_at.tzinfo == UTC
     (log,) = (await store.order_history(HistoryQuery())).items
     assert log.attempted_at == datetime(2026, 11, 24, 3, 50, tzinfo=UTC)
+
+
+async def test_an_unresolved_order_is_settled_later_from_the_brokers_record(store: Store) -> None:
+    strategy = await seed_strategy(store, quantity=10)
+    order = await store.begin_order(new_order(strategy), accept)
+    await store.record_placement(order.workflow_id, "B1", FILLED_AT, adopted=False)
+    # The run saw 4 filled, then lost track of the order: it ended UNRESOLVED (audited ERROR).
+    await store.apply_fill(Fill(order.workflow_id, 4, Decimal("100.00"), "OPEN", FILLED_AT))
+    await store.finish_order(order.workflow_id, "ERROR", "OPEN", {"outcome": "UNRESOLVED"}, "lost", FILLED_AT)
+
+    settled = await store.settle_order(order.workflow_id, "COMPLETE", 10, Decimal("103.00"), FILLED_AT)
+    again = await store.settle_order(order.workflow_id, "COMPLETE", 10, Decimal("103.00"), FILLED_AT)
+
+    assert (settled.outcome, settled.status, settled.applied_quantity) == ("SUCCESS", "COMPLETE", 10)
+    assert again == settled
+    after = await store.get_strategy(strategy.id)
+    # 4 at 100.00 and 6 at 105.00 average 103.00: the strategy holds what the broker filled, priced as it did.
+    assert (after.open_quantity, after.entry_price) == (10, Decimal("103.00"))
+    kinds = [event.event_type for event in await store.order_events(order.workflow_id)]
+    assert kinds.count("FILL_ADDED") == 1 and kinds.count("SETTLED") == 1
+    with pytest.raises(InvalidInput, match="still OPEN"):
+        await store.settle_order(order.workflow_id, "OPEN", 10, Decimal("103.00"), FILLED_AT)

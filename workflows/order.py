@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         Placement,
         PlaceOrder,
+        WatchTwins,
     )
     from engine.temporal import BROKER_ORDER_ID, ORDER_STATUS
 
@@ -103,6 +104,8 @@ class OrderWorkflow:
         self._result: OrderResult | None = None
         self._lost_track: str | None = None
         self._placement_failure: FailureError | None = None
+        self._placement: Placement | None = None
+        self._twins: set[str] = set()
 
     # Control
 
@@ -192,6 +195,7 @@ class OrderWorkflow:
                 outcome = Outcome.CANCELLED if _entry_stopped(failure) else Outcome.FAILED
                 return await self._end_unplaced(key, ticket, outcome, failure)
         self._broker_order_id = placement.broker_order_id
+        self._placement = placement
         workflow.upsert_search_attributes(
             [BROKER_ORDER_ID.value_set(placement.broker_order_id), ORDER_STATUS.value_set("PLACED")]
         )
@@ -275,6 +279,7 @@ class OrderWorkflow:
                 result = None  # cancelled to send the cancel; the next follow picks up from _state
             if result is not None:
                 self._state = result.state
+                self._twins.update(result.twins)
                 if result.state.filled_quantity:
                     self._set_details()
                 if result.state.status in ("COMPLETE", "REJECTED", "CANCELLED"):
@@ -310,7 +315,7 @@ class OrderWorkflow:
             reasons.append(f"could not follow the order: {self._lost_track}")
         elif not terminal:
             reasons.append(f"the broker never confirmed a final state (last: {state.status})")
-        if timed_out:
+        if timed_out and state.status != "COMPLETE":  # on the broker's state: a fill that beat the cancel is whole
             reasons.append(f"not complete after {ticket.policy.timeout_seconds:g}s; the remainder was cancelled")
         if outcome is Outcome.PARTIALLY_FILLED:
             reasons.append(f"only {state.filled_quantity} of {ticket.quantity} filled")
@@ -322,11 +327,32 @@ class OrderWorkflow:
             message = self._cancel_reason
         result = self._result_of(key, outcome, ticket, state, message, needs_intervention)
         await self._finish(key, ticket, result, state, "; ".join(reasons) or None)
+        await self._watch_for_twins(key, ticket)
         level = AlertLevel.CRITICAL if intent.order_type is not OrderType.BUY else AlertLevel.WARNING
         if needs_intervention or outcome is Outcome.REJECTED:
             await self._alert(level, f"{intent.order_type} order {outcome.value.lower()}",
                               "; ".join(reasons) or (message or outcome.value))
         return self._conclude(result)
+
+    async def _watch_for_twins(self, key: str, ticket: OrderTicket) -> None:
+        """An order sent more than once (or with a twin seen already) has its tag watched after it ends,
+        by a workflow of its own: this one's result does not wait for the watch."""
+        placement = self._placement
+        if placement is None or not (placement.resent or placement.adopted or self._twins):
+            return
+        intent = self._require_intent()
+        await workflow.start_child_workflow(
+            "TwinWatchWorkflow",
+            WatchTwins(
+                ticket=ticket, order_key=key, order_type=intent.order_type, strategy_id=intent.strategy_id,
+                user_id=intent.user_id, broker_order_id=placement.broker_order_id,
+                until=workflow.now() + timedelta(seconds=ticket.policy.twin_watch_seconds),
+                known_twins=sorted(self._twins),
+            ),
+            id=f"twin-watch:{ticket.tag}",
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            static_summary=f"twin watch of {key}",
+        )
 
     async def _end_unplaced(
         self, key: str, ticket: OrderTicket | None, outcome: Outcome, error: FailureError | None

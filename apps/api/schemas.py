@@ -198,6 +198,11 @@ class StrategyPatch(StrictBody):
     stop_loss_pct: PercentIn | None = None
 
 
+class ExitIn(StrictBody):
+    reason: Text | None = None
+    wait_seconds: WaitSeconds = 0
+
+
 class StopIn(StrictBody):
     reason: Text = "stopped through the API"
 
@@ -299,6 +304,9 @@ class RecordedOrderOut(BaseModel):
     reason: str | None
     placed_at: datetime | None
     completed_at: datetime | None
+    exit_reason: str | None = Field(
+        default=None, description="an exit's: SCHEDULED_EXIT, STOP_LOSS, MANUAL, SQUARE_OFF or BROKER_SQUARE_OFF"
+    )
 
 
 class OrderStatusOut(BaseModel):
@@ -335,6 +343,7 @@ class OrderStatusOut(BaseModel):
                 filled_quantity=order.filled_quantity, average_price=order.average_price,
                 trigger_price=order.trigger_price, outcome=order.outcome, requested_by=order.requested_by,
                 reason=order.reason, placed_at=order.placed_at, completed_at=order.completed_at,
+                exit_reason=order.exit_reason,
             )
         return cls(
             workflow_id=report.workflow_id, run_id=report.run_id, workflow_status=report.workflow_status,

@@ -35,6 +35,7 @@ def order_status_table(report: OrderStatus) -> Table:
             ("workflow", f"{report.workflow_status} (run {report.run_id})"),
             ("strategy", report.strategy_id),
             ("type", report.order_type),
+            ("exit reason", report.order.exit_reason if report.order is not None else None),
             ("stage", report.stage),
             ("outcome", report.outcome),
             ("broker order", report.broker_order_id),

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from datetime import timedelta
 
 from rich.table import Table
+from temporalio.client import WorkflowFailureError
 
-from apps.api.schemas import StrategyOut
-from apps.cli.common import OK, OPERATOR, Cli, positive_decimal, positive_int, text, time_of_day
-from starter.deps import temporal_call
+from apps.api.schemas import OrderStatusOut, StrategyOut
+from apps.cli.common import (
+    FAILED,
+    FAILED_OUTCOMES,
+    OK,
+    OPERATOR,
+    Cli,
+    add_wait,
+    positive_decimal,
+    positive_int,
+    text,
+    time_of_day,
+)
+from apps.cli.orders import order_status_table
+from starter.deps import TemporalUnavailable, temporal_call
 from store.errors import InvalidInput
 from store.records import StrategyRecord, StrategySpec, StrategyStatus
 
@@ -62,6 +76,13 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     stop.set_defaults(run=strategies_stop)
     sync = strategy_commands.add_parser("sync-schedules", help="re-apply every strategy's schedules")
     sync.set_defaults(run=strategies_sync_schedules)
+    exit_ = strategy_commands.add_parser(
+        "exit", help="sell what the strategy still holds, at market, whatever its state (exit reason MANUAL)"
+    )
+    exit_.add_argument("strategy_id", type=positive_int)
+    exit_.add_argument("--reason")
+    add_wait(exit_)
+    exit_.set_defaults(run=strategies_exit)
 
 
 async def strategies_list(cli: Cli, args: argparse.Namespace) -> int:
@@ -139,3 +160,27 @@ async def _print_schedules(cli: Cli, strategy: StrategyRecord) -> None:
         runs = ", ".join(text(moment) for moment in view.next_runs) or ("none: paused" if view.paused else "-")
         table.add_row(view.schedule_id, text(view.at), state, runs)
     cli.show(table)
+
+
+async def strategies_exit(cli: Cli, args: argparse.Namespace) -> int:
+    """The way out after a partial exit, a failed stop-loss or an emergency stop without square-off."""
+    handle = await temporal_call(
+        "start the exit",
+        cli.services.starter.exit_position(args.strategy_id, requested_by=OPERATOR, reason=args.reason),
+        timeout=None,
+    )
+    cli.say(f"exit started: [bold]{handle.id}[/bold]")
+    if not args.wait:
+        cli.say(f"follow it with: engine order status {handle.id}")
+        cli.data({"workflow_id": handle.id, "status": None})
+        return OK
+    try:
+        await temporal_call("wait for the exit", handle.result(), timeout=timedelta(seconds=args.timeout))
+    except WorkflowFailureError:
+        pass  # its outcome is in the status read next
+    except TemporalUnavailable:
+        cli.say(f"[yellow]not finished after {args.timeout:g}s; it goes on[/yellow]")
+    report = await cli.services.order_status(handle.id)
+    cli.show(order_status_table(report))
+    cli.data({"workflow_id": handle.id, "status": OrderStatusOut.of(report)})
+    return FAILED if report.outcome in FAILED_OUTCOMES else OK

@@ -5,7 +5,7 @@ set -eu
 
 : "${TEMPORAL_ADDRESS:?}"
 NAMESPACE="${TEMPORAL_NAMESPACE:-default}"
-SEARCH_ATTRIBUTES="StrategyId UserId OrderType OrderStatus Symbol BrokerOrderId"
+SEARCH_ATTRIBUTES="StrategyId UserId OrderType OrderStatus Symbol BrokerOrderId ExitReason"
 . "$(dirname "$0")/wait-for-cluster.sh"
 
 list_attributes() {

@@ -40,7 +40,7 @@ def _accepted(workflow_id: str) -> OrderAcceptedOut:
     )
 
 
-async def _answer_after_waiting(services: Services, workflow_id: str, wait_seconds: float) -> JSONResponse:
+async def answer_after_waiting(services: Services, workflow_id: str, wait_seconds: float) -> JSONResponse:
     """202 while in flight; 200 once filled or cancelled; 409 refused by validation; 502 the broker."""
     accepted = _accepted(workflow_id)
     if wait_seconds > 0:
@@ -84,7 +84,7 @@ async def place_order(body: ManualOrderIn, services: ServicesDep, user: UserDep)
         strategy, OrderType(body.order_type), requested_by=requested_by(user), reason=body.reason,
         how_to_start=f"POST /strategies/{strategy.id}/start",
     )
-    return await _answer_after_waiting(services, handle.id, body.wait_seconds)
+    return await answer_after_waiting(services, handle.id, body.wait_seconds)
 
 
 @router.post(
@@ -100,7 +100,7 @@ async def trigger_stop_loss(body: StopLossIn, services: ServicesDep, user: UserD
         strategy, OrderType.SL_SELL, trigger_price=body.trigger_price, requested_by=requested_by(user),
         reason=body.reason, how_to_start=f"POST /strategies/{strategy.id}/start",
     )
-    return await _answer_after_waiting(services, handle.id, body.wait_seconds)
+    return await answer_after_waiting(services, handle.id, body.wait_seconds)
 
 
 @router.get(

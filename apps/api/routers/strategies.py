@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
+from fastapi.responses import JSONResponse
 
 from apps.api.deps import ServicesDep, UserDep, owned_account, owned_strategy, requested_by
-from apps.api.errors import ERROR_RESPONSES
-from apps.api.schemas import StopIn, StrategyIdPath, StrategyIn, StrategyOut, StrategyPatch
+from apps.api.errors import ERROR_RESPONSES, ORDER_RESPONSES, ApiError
+from apps.api.routers.orders import answer_after_waiting
+from apps.api.schemas import ExitIn, OrderAcceptedOut, StopIn, StrategyIdPath, StrategyIn, StrategyOut, StrategyPatch
 from starter.deps import TemporalUnavailable, temporal_call
+from starter.orders import NothingToExit
 from store.records import StrategySpec
 
 router = APIRouter(tags=["strategies"])
@@ -92,3 +95,31 @@ async def stop_strategy(
     reason = f"{(body or StopIn()).reason} ({requested_by(user)})"
     record = await services.stop_strategy(strategy_id, reason)
     return StrategyOut.of(record, await services.schedules.describe(record.id))
+
+
+@router.post(
+    "/strategies/{strategy_id}/exit",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=OrderAcceptedOut,
+    responses={**ORDER_RESPONSES, 200: {"model": OrderAcceptedOut, "description": "waited: the order ended"}},
+    summary="Sell whatever the strategy still holds, at market, whatever its state (exit reason MANUAL)",
+    description="The way out after a partial exit, a failed stop-loss or an emergency stop without "
+    "square-off. 409 when the strategy holds nothing or another exit of the position is in flight.",
+)
+async def exit_strategy_position(
+    strategy_id: StrategyIdPath,
+    services: ServicesDep,
+    user: UserDep,
+    body: Annotated[ExitIn | None, Body()] = None,
+) -> JSONResponse:
+    strategy = await owned_strategy(services, user, strategy_id)
+    request = body or ExitIn()
+    try:
+        handle = await temporal_call(
+            "start the exit",
+            services.starter.exit_position(strategy, requested_by=requested_by(user), reason=request.reason),
+            timeout=None,
+        )
+    except NothingToExit as nothing:
+        raise ApiError(status.HTTP_409_CONFLICT, str(nothing)) from None
+    return await answer_after_waiting(services, handle.id, request.wait_seconds)
