@@ -130,7 +130,8 @@ class ReconcileMixin(StoreBase):
                 raise PlacementConflict(
                     f"order {workflow_id} is broker order {order.broker_order_id}, not {resolution.broker_order_id}"
                 )
-            applied = order.filled_quantity if order.fill_applied_at is not None else 0
+            # What the strategy already holds of this order (the order path applies fills in increments).
+            applied = order.applied_quantity if order.fill_applied_at is not None else 0
             if filled < applied:
                 raise FillMismatch(
                     f"the broker reports {filled} filled of order {workflow_id}, but {applied} were applied; "
@@ -146,10 +147,11 @@ class ReconcileMixin(StoreBase):
                 changes.append("adopted")
             if filled > applied:
                 rest = Fill(workflow_id=order.workflow_id, filled_quantity=filled - applied,
-                            average_price=_remaining_price(filled, price, applied, order.average_price),
+                            average_price=_remaining_price(filled, price, applied, order.applied_average_price),
                             status=status, filled_at=filled_at)
                 _apply_fill_to_position(strategy, order, rest)
                 order.filled_at = filled_at
+                order.applied_quantity, order.applied_average_price = filled, price
                 changes.append(f"{filled - applied} filled applied")
             if order.fill_applied_at is None:
                 order.fill_applied_at = now
@@ -224,6 +226,7 @@ class ReconcileMixin(StoreBase):
                 broker_order_id=broker_id, adopted=True, status="COMPLETE", filled_quantity=quantity,
                 average_price=price, outcome=LogStatus.SUCCESS, created_at=now, placed_at=filled_at,
                 filled_at=filled_at, fill_applied_at=now, completed_at=now, updated_at=now,
+                applied_quantity=quantity, applied_average_price=price, exit_reason=ExitReason.BROKER_SQUARE_OFF,
             )
             session.add(order)
             await session.flush()

@@ -9,6 +9,7 @@ import pytest
 
 from store import FillMismatch, HistoryQuery, Store
 from store.reconcile import BrokerResolution, BrokerSquareOff
+from store.records import Fill
 from tests.fixtures.db import FILLED_AT, accept, new_order, seed_strategy, trade
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
@@ -116,3 +117,34 @@ async def test_orders_to_reconcile_are_the_unsettled_and_the_tagged(store: Store
 
     assert [order.workflow_id for order in plain] == [unsettled.workflow_id]
     assert [order.workflow_id for order in tagged] == [settled.workflow_id, unsettled.workflow_id]
+
+
+async def test_a_resolution_and_the_order_paths_later_fill_apply_the_broker_fill_once(store: Store) -> None:
+    """The order path applies fills in increments (applied_quantity); a reconcile's resolution adds to
+    the same count, so whichever comes second adds nothing the other applied."""
+    strategy = await seed_strategy(store, quantity=10)
+    order, _ = await trade(store, strategy, "BUY", 4, "100", quantity=10, finish=False)
+    await store.resolve_order_from_broker(order.workflow_id, resolution(str(order.broker_order_id), "COMPLETE", 10,
+                                                                        "101"))
+    resolved = await store.get_strategy(strategy.id)
+
+    late = await store.apply_fill(Fill(order.workflow_id, 10, Decimal("101"), "COMPLETE", NOW))
+
+    assert (late.open_quantity, late.entry_price) == (10, resolved.entry_price) == (10, Decimal("101"))
+    record = await store.get_order(order.workflow_id)
+    assert (record.applied_quantity, record.applied_average_price) == (10, Decimal("101"))
+
+
+async def test_the_brokers_square_off_is_recorded_as_applied_with_its_reason(store: Store) -> None:
+    strategy = await seed_strategy(store, quantity=10, product="MIS")
+    await trade(store, strategy, "BUY", 10, "2500")
+    square_off = BrokerSquareOff(strategy_id=strategy.id, broker_order_id="2612020009", average_price=Decimal("2490"),
+                                 filled_at=FILLED_AT, by="reconcile (test)", why="the broker squared off")
+    record = await store.apply_broker_square_off(square_off)
+    assert record is not None
+    pnl = (await store.get_strategy(strategy.id)).realized_pnl
+
+    again = await store.apply_fill(Fill(record.workflow_id, 10, Decimal("2490"), "COMPLETE", NOW))
+
+    assert (record.applied_quantity, record.exit_reason) == (10, "BROKER_SQUARE_OFF")
+    assert (again.open_quantity, again.realized_pnl) == (0, pnl) == (0, Decimal("-100.00"))
