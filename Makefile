@@ -24,7 +24,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 chaos: venv
-	$(PY) scripts/chaos.py
+	$(PY) -m dev.chaos
 
 bench: venv
 	$(PY) -m dev.bench

@@ -9,7 +9,7 @@ beyond the client timeout, accept-then-timeout, dropped connections, 5xx, 429, o
 partial fills. At the end it checks: no broker order unknown to the store, no twin left unflagged, every
 strategy's position equal to its broker fills, nothing stuck; prints the counts; exits 1 on a mismatch.
 
-    python scripts/chaos.py [--strategies 50] [--cycles 2] [--seed 7]
+    python -m dev.chaos [--strategies 50] [--cycles 2] [--seed 7]
 """
 
 from __future__ import annotations
@@ -32,23 +32,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet
+from kiteconnect import KiteConnect
+from sqlalchemy import text
+from temporalio.client import Client, WorkflowFailureError
+
+from brokers.paper.control import SimControl
+from dev.devserver import DevServer, free_port
+from engine.errors import DuplicateOrderError
+from engine.settings import Settings
+from engine.temporal import data_converter
+from starter.orders import NothingToExit, OrderStarter
+from store import Store
+from store.records import StrategySpec
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cryptography.fernet import Fernet  # noqa: E402
-from kiteconnect import KiteConnect  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from temporalio.client import Client, WorkflowFailureError  # noqa: E402
-
-from brokers.paper.control import SimControl  # noqa: E402
-from dev.devserver import DevServer, free_port  # noqa: E402
-from engine.errors import DuplicateOrderError  # noqa: E402
-from engine.settings import Settings  # noqa: E402
-from engine.temporal import data_converter  # noqa: E402
-from starter.orders import NothingToExit, OrderStarter  # noqa: E402
-from store import Store  # noqa: E402
-from store.records import StrategySpec  # noqa: E402
-
 SYMBOLS = ("RELIANCE", "INFY", "TCS", "SBIN", "HDFCBANK")
 PAPER_SECRET = "paper-secret"
 PAPER_REQUEST_TOKEN = "paper-request-token"
