@@ -96,20 +96,26 @@ async def order_place(cli: Cli, args: argparse.Namespace) -> int:
         reason=args.reason, how_to_start=f"engine strategies start {strategy.id}",
     )
     cli.say(f"{order_type} started: [bold]{handle.id}[/bold]")
+    return await follow_started_order(cli, handle.id, args)
+
+
+async def follow_started_order(cli: Cli, workflow_id: str, args: argparse.Namespace) -> int:
+    """After a start: say how to follow it, or (`--wait`) wait for its end and print its status."""
     if not args.wait:
-        cli.say(f"follow it with: engine order status {handle.id}")
-        cli.data({"workflow_id": handle.id, "status": None})
+        cli.say(f"follow it with: engine order status {workflow_id}")
+        cli.data({"workflow_id": workflow_id, "status": None})
         return OK
-    with cli.console.status(f"waiting for {handle.id} (up to {args.timeout:g}s)..."):
+    with cli.console.status(f"waiting for {workflow_id} (up to {args.timeout:g}s)..."):
         try:
-            await temporal_call("wait for the order", handle.result(), timeout=timedelta(seconds=args.timeout))
+            result = cli.services.order_handle(workflow_id).result()
+            await temporal_call("wait for the order", result, timeout=timedelta(seconds=args.timeout))
         except WorkflowFailureError:
             pass  # its outcome is in the status read next
         except TemporalUnavailable:
             cli.say(f"[yellow]not finished after {args.timeout:g}s; it goes on[/yellow]")
-    report = await cli.services.order_status(handle.id)
+    report = await cli.services.order_status(workflow_id)
     cli.show(order_status_table(report))
-    cli.data({"workflow_id": handle.id, "status": OrderStatusOut.of(report)})
+    cli.data({"workflow_id": workflow_id, "status": OrderStatusOut.of(report)})
     return FAILED if report.outcome in FAILED_OUTCOMES else OK
 
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from datetime import timedelta
 
 from rich.table import Table
-from temporalio.client import WorkflowFailureError
 
-from apps.api.schemas import OrderStatusOut, StrategyOut
+from apps.api.schemas import StrategyOut
 from apps.cli.common import (
-    FAILED,
-    FAILED_OUTCOMES,
     OK,
     OPERATOR,
     Cli,
@@ -22,8 +18,8 @@ from apps.cli.common import (
     text,
     time_of_day,
 )
-from apps.cli.orders import order_status_table
-from starter.deps import TemporalUnavailable, temporal_call
+from apps.cli.orders import follow_started_order
+from starter.deps import temporal_call
 from store.errors import InvalidInput
 from store.records import StrategyRecord, StrategySpec, StrategyStatus
 
@@ -170,17 +166,4 @@ async def strategies_exit(cli: Cli, args: argparse.Namespace) -> int:
         timeout=None,
     )
     cli.say(f"exit started: [bold]{handle.id}[/bold]")
-    if not args.wait:
-        cli.say(f"follow it with: engine order status {handle.id}")
-        cli.data({"workflow_id": handle.id, "status": None})
-        return OK
-    try:
-        await temporal_call("wait for the exit", handle.result(), timeout=timedelta(seconds=args.timeout))
-    except WorkflowFailureError:
-        pass  # its outcome is in the status read next
-    except TemporalUnavailable:
-        cli.say(f"[yellow]not finished after {args.timeout:g}s; it goes on[/yellow]")
-    report = await cli.services.order_status(handle.id)
-    cli.show(order_status_table(report))
-    cli.data({"workflow_id": handle.id, "status": OrderStatusOut.of(report)})
-    return FAILED if report.outcome in FAILED_OUTCOMES else OK
+    return await follow_started_order(cli, handle.id, args)
