@@ -36,7 +36,11 @@ async def test_an_operator_scripts_the_cli_with_json(engine: Engine, engine_cli:
         "accounts", "add", "--user", str(created_user["id"]), "--api-key", "dora", "--api-secret", "paper-secret",
         "--access-token", token, "--json",
     )).output)
-    assert account == {"id": account["id"], "user_id": created_user["id"], "broker": "kite", "has_access_token": True}
+    assert account == {
+        "id": account["id"], "user_id": created_user["id"], "broker": "kite", "has_access_token": True,
+        "reconcile_scheduled": True,
+    }
+    await engine.client.get_schedule_handle(f"reconcile:{account['id']}").describe()  # it exists
     assert token not in json.dumps(account)
 
     made = await cli(

@@ -6,6 +6,8 @@ import argparse
 import getpass
 
 from apps.cli.common import OK, Cli, pairs_table, positive_int
+from starter.deps import TemporalUnavailable, temporal_call
+from starter.schedules import AccountReconcileSchedules, reconcile_schedule_id
 
 
 def add_commands(groups: argparse._SubParsersAction) -> None:
@@ -46,6 +48,15 @@ async def accounts_add(cli: Cli, args: argparse.Namespace) -> int:
     )
     token = "with today's access token" if account.has_access_token else "without an access token yet"
     cli.say(f"broker account {account.id} ({account.broker}) added for user {account.user_id}, {token}")
+    schedules = AccountReconcileSchedules(cli.services.client, cli.services.settings)
+    try:
+        await temporal_call("create the reconcile schedule", schedules.sync(account.id))
+        reconciled = True
+        cli.say(f"its reconcile schedule {reconcile_schedule_id(account.id)} is in place")
+    except TemporalUnavailable as unavailable:
+        reconciled = False
+        cli.say(f"[yellow]{unavailable}; create its reconcile schedule later: "
+                f"engine reconcile --account {account.id} --schedule[/yellow]")
     cli.data({"id": account.id, "user_id": account.user_id, "broker": account.broker,
-              "has_access_token": account.has_access_token})
+              "has_access_token": account.has_access_token, "reconcile_scheduled": reconciled})
     return OK
