@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from store import validation as check
 from store.base import StoreBase, to_record, utc_now
-from store.errors import CredentialsMissing, InvalidInput
+from store.errors import AlreadyExists, CredentialsMissing, InvalidInput
 from store.models import BrokerAccount, User
 from store.records import BrokerAccountRecord, BrokerAppCredentials, BrokerCredentials, UserRecord
 
@@ -61,12 +61,12 @@ class AccountsMixin(StoreBase):
         try:
             async with self._write() as session:
                 if await session.scalar(select(User.id).where(User.username == name)) is not None:
-                    raise InvalidInput(f"username {name!r} is taken; choose another")
+                    raise AlreadyExists(f"username {name!r} is taken; choose another")
                 session.add(user)
                 await session.flush()
                 return to_record(UserRecord, user), plain_key
         except IntegrityError as exc:
-            raise InvalidInput(f"username {name!r} is taken; choose another") from exc
+            raise AlreadyExists(f"username {name!r} is taken; choose another") from exc
 
     async def get_user(self, user_id: int) -> UserRecord:
         async with self._read() as session:

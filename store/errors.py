@@ -45,6 +45,10 @@ class InvalidInput(StoreError, ValueError):
     """The arguments are wrong or the row is in a state that forbids the change. Nothing was written."""
 
 
+class AlreadyExists(InvalidInput):
+    """A name that must be unique is taken (a username, a user's strategy name)."""
+
+
 class OrderInFlight(StoreError):
     """Another order of the same strategy has not finished; one order per strategy at a time."""
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import validation as check
 from store.base import StoreBase, strategy_record, utc_now
-from store.errors import InvalidInput
+from store.errors import AlreadyExists, InvalidInput
 from store.models import Strategy
 from store.records import PositionSide, StrategyRecord, StrategySpec, StrategyStatus
 
@@ -255,4 +255,4 @@ class StrategiesMixin(StoreBase):
     async def _check_name_free(self, session: AsyncSession, user_id: int, name: str) -> None:
         taken = await session.scalar(select(Strategy.id).where(Strategy.user_id == user_id, Strategy.name == name))
         if taken is not None:
-            raise InvalidInput(f"user {user_id} already has a strategy named {name!r} (id {taken}); choose another")
+            raise AlreadyExists(f"user {user_id} already has a strategy named {name!r} (id {taken}); choose another")

@@ -195,3 +195,13 @@ async def test_the_docs_need_no_network(api: httpx.AsyncClient) -> None:
     for url in {url for url in assets if url.startswith("/")}:
         fetched = await api.get(url)
         assert fetched.status_code == 200 and len(fetched.content) > 1000, url
+
+
+async def test_a_duplicate_strategy_name_is_a_409(engine: Engine, api: httpx.AsyncClient) -> None:
+    alice = await api_user(engine, "alice")
+    created = await create_strategy(api, alice, start=False)
+    body = {"name": created["name"], "broker_account_id": alice.account_id, "symbol": "INFY", "quantity": 1}
+
+    again = await api.post("/strategies", json=body, headers=alice.headers)
+
+    assert again.status_code == 409 and "already has a strategy named" in again.json()["detail"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from apps.cli.common import NOT_FOUND, OK
+from apps.cli.common import CONFLICT, NOT_FOUND, OK
 from apps.cli.main import _leaves, build_parser
 from tests.fixtures.cli import Operator
 from tests.fixtures.ports import free_port
@@ -84,3 +84,22 @@ async def test_show_says_why_a_strategy_with_times_has_no_schedules(engine: Engi
     assert "no entry or exit time" not in timed_shown.output
     assert f"engine strategies start {timed['id']}" in timed_shown.output
     assert "no schedules: the strategy has no entry or exit time" in untimed_shown.output
+
+
+async def test_a_duplicate_user_or_strategy_is_a_conflict(engine: Engine, engine_cli: Operator) -> None:
+    cli = engine_cli
+    name = f"fay-{free_port()}"
+    user = document((await cli("users", "create", name, "--json")).output)
+    account = document((await cli(
+        "accounts", "add", "--user", str(user["id"]), "--api-key", "fay", "--api-secret", "s", "--json",
+    )).output)
+    strategy = ["strategies", "create", "--user", str(user["id"]), "--account", str(account["id"]), "--name",
+                "fay-1", "--symbol", "INFY", "--quantity", "1"]
+    assert (await cli(*strategy)).code == OK
+
+    same_user = await cli("users", "create", name)
+    same_strategy = await cli(*strategy, "--json")
+
+    assert same_user.code == CONFLICT and "is taken" in same_user.output
+    assert same_strategy.code == CONFLICT
+    assert document(same_strategy.output)["exit_code"] == CONFLICT

@@ -20,7 +20,7 @@ from starter.control import (
     UnknownOrder,
 )
 from starter.deps import StrategyNotRunning, TemporalUnavailable, split_order_key
-from store.errors import ConcurrentUpdate, InvalidInput, NotFound, OrderInFlight, StoreUnavailable
+from store.errors import AlreadyExists, ConcurrentUpdate, InvalidInput, NotFound, OrderInFlight, StoreUnavailable
 
 
 class ApiError(Exception):
@@ -102,6 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ),
     )
     handler(NotFound, lambda exc: error_response(status.HTTP_404_NOT_FOUND, str(exc)))
+    handler(AlreadyExists, lambda exc: error_response(status.HTTP_409_CONFLICT, str(exc)))
     handler(InvalidInput, lambda exc: error_response(status.HTTP_400_BAD_REQUEST, str(exc)))
     handler(
         TemporalUnavailable,

@@ -37,7 +37,15 @@ from starter.control import (
     UnknownOrder,
 )
 from starter.deps import Services, StrategyNotRunning, TemporalUnavailable
-from store.errors import InvalidInput, NotFound, OrderInFlight, SchemaOutOfDate, StoreError, StoreUnavailable
+from store.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    OrderInFlight,
+    SchemaOutOfDate,
+    StoreError,
+    StoreUnavailable,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +92,7 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         return await command(Cli(services, console, json_output=json_output), args)
     except DuplicateOrderError as duplicate:
         return _fail(console, CONFLICT, json_output, str(duplicate))
-    except (OrderAlreadyFinished, OrderInFlight, StrategyNotRunning, EmergencyStopRefused) as conflict:
+    except (AlreadyExists, OrderAlreadyFinished, OrderInFlight, StrategyNotRunning, EmergencyStopRefused) as conflict:
         return _fail(console, CONFLICT, json_output, str(conflict))
     except (UnknownOrder, NotFound) as missing:
         return _fail(console, NOT_FOUND, json_output, str(missing))
