@@ -252,34 +252,39 @@ class StrategySchedules:
         return views
 
     async def _put(self, strategy: StrategyRecord, leg: Leg, schedule: Schedule) -> None:
-        identifier = schedule_id(strategy.id, leg)
-        try:
-            await self.client.create_schedule(
-                identifier,
-                schedule,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(STRATEGY_ID, str(strategy.id)),
-                        SearchAttributePair(USER_ID, str(strategy.user_id)),
-                    ]
-                ),
-            )
-            log.info("schedule %s created", identifier)
-        except ScheduleAlreadyRunningError:
-
-            def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=schedule)
-
-            await self.client.get_schedule_handle(identifier).update(replace)
-            log.info("schedule %s updated", identifier)
+        attributes = TypedSearchAttributes(
+            [SearchAttributePair(STRATEGY_ID, str(strategy.id)), SearchAttributePair(USER_ID, str(strategy.user_id))]
+        )
+        await put_schedule(self.client, schedule_id(strategy.id, leg), schedule, attributes)
 
     async def _delete(self, identifier: str) -> None:
-        try:
-            await self.client.get_schedule_handle(identifier).delete()
-            log.info("schedule %s deleted", identifier)
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
+        await delete_schedule(self.client, identifier)
+
+
+async def put_schedule(
+    client: Client, identifier: str, schedule: Schedule, attributes: TypedSearchAttributes | None = None
+) -> None:
+    """Create the schedule, or replace the one of that id: the store's settings are the truth."""
+    try:
+        await client.create_schedule(identifier, schedule, search_attributes=attributes)
+        log.info("schedule %s created", identifier)
+    except ScheduleAlreadyRunningError:
+
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(identifier).update(replace)
+        log.info("schedule %s updated", identifier)
+
+
+async def delete_schedule(client: Client, identifier: str) -> None:
+    """Delete the schedule; one that is already gone is fine."""
+    try:
+        await client.get_schedule_handle(identifier).delete()
+        log.info("schedule %s deleted", identifier)
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
 
 
 class ScheduledOrderActivities:
@@ -422,22 +427,7 @@ class AccountReconcileSchedules:
         )
 
     async def sync(self, account_id: int) -> None:
-        identifier = reconcile_schedule_id(account_id)
-        schedule = self.schedule_for(account_id)
-        try:
-            await self.client.create_schedule(identifier, schedule)
-            log.info("schedule %s created", identifier)
-        except ScheduleAlreadyRunningError:
-
-            def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=schedule)
-
-            await self.client.get_schedule_handle(identifier).update(replace)
-            log.info("schedule %s updated", identifier)
+        await put_schedule(self.client, reconcile_schedule_id(account_id), self.schedule_for(account_id))
 
     async def delete(self, account_id: int) -> None:
-        try:
-            await self.client.get_schedule_handle(reconcile_schedule_id(account_id)).delete()
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
+        await delete_schedule(self.client, reconcile_schedule_id(account_id))
