@@ -29,6 +29,7 @@ from engine.ids import OrderType
 from engine.models import Alert, OrderIntent, OrderResult
 from engine.order_start import intent_workflow_id, order_start_options
 from engine.settings import Settings
+from engine.temporal import ended_order_result
 from store import Store
 from store.errors import StoreError
 from store.records import ExitReason
@@ -205,9 +206,10 @@ class ControlActivities:
             handle = self.client.get_workflow_handle(order.workflow_id, run_id=order.run_id)
             try:
                 await handle.signal("cancel", request.reason)
+                await handle.cancel()  # the run then reads "Canceled" when nothing filled (workflows/order.py)
             except RPCError as error:
-                if error.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: that run has already ended
-                    raise
+                if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                    raise  # NOT_FOUND, FAILED_PRECONDITION: that run has already ended
         return list(request.orders)
 
     @activity.defn(name="wait_for_orders_to_end")
@@ -231,17 +233,15 @@ class ControlActivities:
         try:
             result = await handle.result(follow_runs=False)
         except WorkflowFailureError as failed:
-            cause = failed.cause
-            details = cause.details if isinstance(cause, ApplicationError) else ()
-            if details and isinstance(details[0], dict):
-                ended = OrderResult.model_validate(details[0])
-                return OrderEnd(
-                    workflow_id=order.workflow_id, status="FAILED", outcome=ended.outcome.value,
-                    filled_quantity=ended.filled_quantity, message=ended.message,
-                )
+            ended = await ended_order_result(handle, failed)
             description = await handle.describe()
             status = description.status.name if description.status else "UNKNOWN"
-            return OrderEnd(workflow_id=order.workflow_id, status=status, message=str(cause or failed))
+            if ended is not None:
+                return OrderEnd(
+                    workflow_id=order.workflow_id, status=status, outcome=ended.outcome.value,
+                    filled_quantity=ended.filled_quantity, message=ended.message,
+                )
+            return OrderEnd(workflow_id=order.workflow_id, status=status, message=str(failed.cause or failed))
         return OrderEnd(
             workflow_id=order.workflow_id, status="COMPLETED", outcome=result.outcome.value,
             filled_quantity=result.filled_quantity, message=result.message,

@@ -41,7 +41,7 @@ from brokers.paper.control import SimControl
 from dev.devserver import DevServer, free_port
 from engine.errors import DuplicateOrderError
 from engine.settings import Settings
-from engine.temporal import data_converter
+from engine.temporal import data_converter, ended_order_result
 from starter.orders import NothingToExit, OrderStarter
 from store import Store
 from store.records import StrategySpec
@@ -242,7 +242,8 @@ class Chaos:
                 self.tally.outcomes[result.outcome.value] += 1
                 return
             except WorkflowFailureError as failed:
-                self.tally.outcomes[getattr(failed.cause, "type", None) or "FAILED"] += 1
+                ended = await ended_order_result(handle, failed)
+                self.tally.outcomes[ended.outcome.value if ended else "FAILED"] += 1
                 return
             except Exception:
                 await asyncio.sleep(1)

@@ -12,11 +12,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
+
+from engine.models import OrderResult
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -29,6 +32,27 @@ BROKER_ORDER_ID = SearchAttributeKey.for_keyword("BrokerOrderId")
 EXIT_REASON = SearchAttributeKey.for_keyword("ExitReason")
 
 SEARCH_ATTRIBUTES = (STRATEGY_ID, USER_ID, ORDER_TYPE, ORDER_STATUS, SYMBOL, BROKER_ORDER_ID, EXIT_REASON)
+
+# A canceled run has no result: an order run that ends Canceled keeps its OrderResult in this memo field.
+RESULT_MEMO = "result"
+
+
+async def ended_order_result(handle: WorkflowHandle[Any, Any], failure: WorkflowFailureError) -> OrderResult | None:
+    """The OrderResult of an order run that did not complete: the details of its failure, or the memo
+    of a canceled run. None when the run ended otherwise (terminated, timed out)."""
+    cause = failure.cause
+    if isinstance(cause, ApplicationError) and cause.details:
+        try:
+            return OrderResult.model_validate(cause.details[0])
+        except ValueError:
+            return None
+    if isinstance(cause, CancelledError):
+        description = await handle.describe()
+        try:
+            return await description.memo_value(RESULT_MEMO, type_hint=OrderResult)
+        except KeyError:
+            return None
+    return None
 
 
 def data_converter(environ: Mapping[str, str] | None = None) -> DataConverter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -26,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.control import EmergencyStopRequest
 from engine.models import CancelAnswer, OrderResult, Outcome
 from engine.settings import Settings
+from engine.temporal import ended_order_result
 from store import Store
 from store.records import StrategyRecord
 from workflows.emergency_stop import EmergencyStopReport, EmergencyStopWorkflow, emergency_stop_id
@@ -107,6 +109,7 @@ async def cancel_order(client: Client, workflow_id: str, reason: str) -> CancelA
         if isinstance(error, RPCError) and error.status not in (RPCStatusCode.NOT_FOUND,):
             raise
         raise await _already_finished(client, workflow_id) from None  # it ended as the update arrived
+    await _request_cancellation(run)
     if answer.accepted:
         return answer
     ended = await _ended_as(client, workflow_id)
@@ -118,6 +121,16 @@ async def cancel_order(client: Client, workflow_id: str, reason: str) -> CancelA
     if not answer.message.startswith(ENDED_BEFORE_CANCEL):
         return answer  # the broker refused the cancel (a fill raced it) and the order has ended since
     raise OrderAlreadyFinished(workflow_id, outcome, message)
+
+
+async def _request_cancellation(run: WorkflowHandle[Any, Any]) -> None:
+    """Temporal's cancel request after the order's own cancel: a run that ends with nothing filled
+    then reads "Canceled" in the UI (workflows/order.py). A run that has ended already needs none."""
+    try:
+        await run.cancel()
+    except RPCError as error:
+        if error.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            raise
 
 
 async def _already_finished(client: Client, workflow_id: str) -> OrderAlreadyFinished:
@@ -135,11 +148,11 @@ async def _ended_as(client: Client, workflow_id: str) -> tuple[str, str | None] 
     try:
         result: OrderResult = await handle.result(follow_runs=False)
     except WorkflowFailureError as failed:
-        cause = failed.cause
-        if isinstance(cause, ApplicationError) and cause.type:
-            return cause.type, cause.message
+        ended = await ended_order_result(handle, failed)
+        if ended is not None:
+            return ended.outcome.value, ended.message
         status = description.status.name if description.status else "ENDED"
-        return status, str(cause or failed)
+        return status, str(failed.cause or failed)
     return result.outcome.value, result.message
 
 

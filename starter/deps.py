@@ -25,13 +25,12 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.ids import OrderType
 from engine.models import OrderResult, OrderStatusView, Outcome
 from engine.settings import Settings
-from engine.temporal import connect_config, data_converter
+from engine.temporal import connect_config, data_converter, ended_order_result
 from starter import control
 from starter.control import OrderAlreadyFinished, UnknownOrder
 from starter.orders import OrderStarter
@@ -284,20 +283,16 @@ class Services:
     async def _final_result(
         self, workflow_id: str, run_id: str, status: WorkflowExecutionStatus | None
     ) -> OrderResult | None:
-        """The OrderResult of a finished run: its return value, or the details of its failure."""
-        if status not in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED):
+        """The OrderResult of a finished run: its return value, the details of its failure, or the memo
+        of a canceled run."""
+        ended = (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.CANCELED)
+        if status not in ended:
             return None
         handle = self.order_handle(workflow_id, run_id)
         try:
             return await temporal_call("read the order's result", handle.result(follow_runs=False))
         except WorkflowFailureError as failure:
-            cause = failure.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                try:
-                    return OrderResult.model_validate(cause.details[0])
-                except ValueError:
-                    return None
-            return None
+            return await temporal_call("read the order's result", ended_order_result(handle, failure))
 
     # Strategies
 

@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from engine.models import OrderResult, Outcome
+from engine.temporal import ended_order_result
 from starter.control import InvalidControlRequest, OrderAlreadyFinished, UnknownOrder, cancel_order
 from store import HistoryQuery
 from tests.fixtures.temporal import Engine
@@ -39,6 +40,17 @@ async def failure_of(handle: OrderHandle) -> ApplicationError:
     return cause
 
 
+async def cancelled_result(handle: OrderHandle) -> OrderResult:
+    """The result of a run that ended Canceled, from its memo."""
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert isinstance(failed.value.cause, CancelledError), failed.value.cause
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    ended = await ended_order_result(handle, failed.value)
+    assert ended is not None
+    return ended
+
+
 def paper_order(engine: Engine, broker_order_id: str) -> dict:
     [order] = [o for o in engine.paper.control.orders() if o["order_id"] == broker_order_id]
     return order
@@ -53,8 +65,9 @@ async def test_cancel_of_a_resting_order_cancels_it_at_the_broker(engine: Engine
     answer = await cancel_order(engine.client, handle.id, "changed my mind")
 
     assert answer.accepted
-    failure = await failure_of(handle)  # nothing filled: the run fails, so the intent may be tried again
-    assert failure.type == Outcome.CANCELLED.value and "changed my mind" in failure.message
+    # Nothing filled: the run reads "Canceled" (not "Failed") and the intent may be tried again.
+    ended = await cancelled_result(handle)
+    assert ended.outcome is Outcome.CANCELLED and ended.message == "changed my mind"
     assert paper_order(engine, broker_order_id)["status"] == "CANCELLED"
     after = await engine.store.get_strategy(strategy.id)
     assert (after.status, after.position, after.open_quantity) == ("RUNNING", "FLAT", 0)
@@ -64,6 +77,28 @@ async def test_cancel_of_a_resting_order_cancels_it_at_the_broker(engine: Engine
     assert record.result["outcome"] == "CANCELLED" and record.result["status"] == "CANCELLED"
     events = [event.event_type for event in await engine.store.order_events(record.workflow_id)]
     assert "CANCEL_SENT" in events and events[-1] == "ORDER_EXECUTED"
+
+
+async def test_cancel_requested_in_temporal_cancels_at_the_broker_and_the_intent_may_be_retried(
+    engine: Engine,
+) -> None:
+    """The Temporal UI's "Request Cancellation" is an operator's cancel like any other."""
+    engine.paper.control.set_fill(delay_seconds=30)
+    strategy = await engine.strategy("INFY", quantity=5)
+    handle = await engine.starter.place_buy_order(strategy)
+    broker_order_id = await placed_at_broker(handle)
+
+    await handle.cancel()
+
+    ended = await cancelled_result(handle)
+    assert (ended.outcome, ended.filled_quantity, ended.broker_order_id) == (Outcome.CANCELLED, 0, broker_order_id)
+    assert paper_order(engine, broker_order_id)["status"] == "CANCELLED"
+    after = await engine.store.get_strategy(strategy.id)
+    assert (after.position, after.active_order_workflow_id, after.needs_intervention) == ("FLAT", None, False)
+    engine.paper.control.set_fill(delay_seconds=0)
+    again = await engine.starter.place_buy_order(strategy)  # the same intent, a new run
+    assert again.id == handle.id
+    assert (await again.result()).outcome is Outcome.FILLED
 
 
 @pytest.mark.parametrize(

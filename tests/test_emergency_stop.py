@@ -34,7 +34,8 @@ from temporalio.exceptions import ApplicationError
 from brokers.paper.testing import PaperBrokerServer
 from dev.devserver import DevServer
 from engine.ids import OrderType
-from engine.models import OrderIntent, Outcome
+from engine.models import OrderIntent, OrderResult, Outcome
+from engine.temporal import ended_order_result
 from starter.control import EmergencyStopRefused, start_emergency_stop, wait_for_emergency_stop
 from store import HistoryQuery, Store
 from tests.fixtures.db import create_pg_database, drop_pg_database, pg_database_url
@@ -57,6 +58,19 @@ async def failure_of(handle: Any) -> ApplicationError:
     cause = failed.value.cause
     assert isinstance(cause, ApplicationError)
     return cause
+
+
+async def unfilled_end(handle: Any) -> OrderResult:
+    """The result of a run that ended with nothing filled: Failed, or Canceled when a cancel ended it."""
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    ended = await ended_order_result(handle, failed.value)
+    assert ended is not None, failed.value.cause
+    status = (await handle.describe()).status
+    cancelled = ended.outcome is Outcome.CANCELLED
+    expected = WorkflowExecutionStatus.CANCELED if cancelled else WorkflowExecutionStatus.FAILED
+    assert status == expected, (status, ended)
+    return ended
 
 
 async def wait_until(condition: Any, what: str) -> None:
@@ -86,8 +100,8 @@ async def test_no_order_reaches_the_broker_after_the_stop(engine: Engine) -> Non
     assert all(s.status == "STOPPED" and s.stopped_at is not None for s in stopped)
     assert all(s.stop_reason == "emergency stop by alice: runaway strategy" for s in stopped)
     # Every BUY ended unfilled: cancelled at the broker, or refused by validation if it came too late.
-    ends = [await failure_of(buy) for buy in buys]
-    assert {end.type for end in ends} <= {Outcome.CANCELLED.value, Outcome.INVALID.value}
+    ends = [await unfilled_end(buy) for buy in buys]
+    assert {end.outcome for end in ends} <= {Outcome.CANCELLED, Outcome.INVALID}
     at_broker = paper_orders(engine, "panic")
     assert at_broker and all(order["status"] == "CANCELLED" for order in at_broker)
     # Each order at the broker had passed validation before the stop: the stop cancelled it.

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
 
 from engine.models import OrderResult, Outcome
+from engine.temporal import ended_order_result
 from starter.control import start_emergency_stop, wait_for_emergency_stop
 from store import Store
 from tests.fixtures.db import create_pg_database, drop_pg_database, pg_database_url
@@ -43,13 +43,13 @@ def broker_orders(engine: Engine, api_key: str) -> list[dict[str, Any]]:
 
 
 async def order_end(handle: WorkflowHandle[Any, Any]) -> OrderResult:
-    """The order's result, whether its workflow completed or failed (nothing filled)."""
+    """The order's result, whether its workflow completed, failed or was canceled (nothing filled)."""
     try:
         return OrderResult.model_validate(await handle.result())
     except WorkflowFailureError as failed:
-        cause = failed.cause
-        assert isinstance(cause, ApplicationError) and cause.details, failed
-        return OrderResult.model_validate(cause.details[0])
+        ended = await ended_order_result(handle, failed)
+        assert ended is not None, failed
+        return ended
 
 
 @asynccontextmanager

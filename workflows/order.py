@@ -11,6 +11,7 @@ its workflow id then refuses every repeat.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
@@ -43,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         PlaceOrder,
         WatchTwins,
     )
-    from engine.temporal import BROKER_ORDER_ID, ORDER_STATUS
+    from engine.temporal import BROKER_ORDER_ID, ORDER_STATUS, RESULT_MEMO
 
 from workflows.emergency_stop import deliver_alert_later
 
@@ -66,6 +67,11 @@ ORDER_QUEUE_ALLOWANCE = timedelta(seconds=30)
 FIRST_ATTEMPT_TIMEOUT = timedelta(seconds=60)
 # After a cancel, how long the broker gets to confirm a terminal state before a person is asked.
 CANCEL_GRACE = timedelta(seconds=30)
+# An operator's cancel is a `cancel` signal (or the `request_cancel` update) followed at once by Temporal's
+# cancel request: a run that ends cancelled with nothing filled waits this long for the request, so that
+# it reads "Canceled" in the UI, not "Failed".
+CANCEL_REQUEST_WAIT = timedelta(seconds=5)
+TEMPORAL_CANCEL_REASON = "cancel requested in Temporal"
 
 
 def outcome_of(state: BrokerOrderState) -> Outcome:
@@ -106,6 +112,7 @@ class OrderWorkflow:
         self._placement_failure: FailureError | None = None
         self._placement: Placement | None = None
         self._twins: set[str] = set()
+        self._entry_stopped = False  # refused at the send stamp by an emergency stop, which cancels it too
 
     # Control
 
@@ -146,6 +153,39 @@ class OrderWorkflow:
 
     @workflow.run
     async def run(self, intent: OrderIntent) -> OrderResult:
+        """The order, shielded from Temporal's cancel request: the request (the UI's "Request
+        Cancellation", or the one an operator's cancel sends) becomes an ordinary cancel of the order,
+        which then ends as it would: cancelled at the broker, whatever filled kept. A run that ended
+        cancelled with nothing filled reads "Canceled"; its OrderResult is in the run's memo."""
+        self._intent = intent
+        body = asyncio.create_task(self._run(intent))
+        try:
+            return await asyncio.shield(body)
+        except asyncio.CancelledError:
+            self.cancel(TEMPORAL_CANCEL_REASON)
+        except ApplicationError as ended:
+            if ended.type != Outcome.CANCELLED.value or not (self._cancel_requested or self._entry_stopped):
+                raise
+            try:  # an operator's cancel or a stop: Temporal's cancel request follows the signal
+                await workflow.wait_condition(lambda: False, timeout=CANCEL_REQUEST_WAIT)
+            except TimeoutError:
+                raise ended from None
+            except asyncio.CancelledError:
+                raise self._cancelled(ended) from None
+        try:
+            return await body
+        except ApplicationError as ended:
+            if ended.type != Outcome.CANCELLED.value:
+                raise
+            raise self._cancelled(ended) from None
+
+    def _cancelled(self, ended: ApplicationError) -> CancelledError:
+        """The end of a run cancelled with nothing filled, its result kept in the memo."""
+        assert self._result is not None
+        workflow.upsert_memo({RESULT_MEMO: self._result})
+        return CancelledError(ended.message)
+
+    async def _run(self, intent: OrderIntent) -> OrderResult:
         self._intent = intent
         info = workflow.info()
         key = order_key(info.workflow_id, info.run_id)
@@ -359,6 +399,7 @@ class OrderWorkflow:
     ) -> OrderResult:
         """Nothing reached the broker (or it refused the request outright)."""
         intent = self._require_intent()
+        self._entry_stopped = _entry_stopped(error)
         cause = _cause(error) if error is not None else None
         message = cause.message if cause is not None else (self._cancel_reason or outcome.value)
         if cause is not None and cause.type == errors.BROKER_REFUSED:
