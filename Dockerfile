@@ -8,12 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so a code change rebuilds only the layers below.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, at the versions of the lock file, so a code change rebuilds only the layers below.
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
 
 COPY . .
 RUN pip install --no-deps . \

@@ -3,12 +3,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench paper-broker worker clean chaos
+.PHONY: venv demo test lint bench paper-broker worker clean chaos lock
 
-$(STAMP): pyproject.toml
+# Installs are reproducible: the exact versions come from requirements-dev.lock (`make lock` rewrites it,
+# and requirements.lock for the image, from pyproject.toml).
+$(STAMP): pyproject.toml requirements-dev.lock
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -r requirements-dev.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,6 +37,12 @@ paper-broker: venv
 
 worker: venv
 	$(PY) worker.py
+
+# Needs the package index: resolves pyproject.toml's ranges to today's versions, for every platform.
+lock: venv
+	$(VENV)/bin/pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 -q -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 -q -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) data build *.egg-info .pytest_cache .mypy_cache .ruff_cache

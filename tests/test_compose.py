@@ -118,7 +118,8 @@ def test_dockerfile_base_is_pinned_and_runs_as_non_root() -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
     users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
-    assert "pyproject.toml" in dockerfile and "pip install" in dockerfile
+    # Dependencies at the lock's versions, then the project itself without resolving anything again.
+    assert "pip install -r requirements.lock" in dockerfile and "pip install --no-deps ." in dockerfile
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
