@@ -188,7 +188,8 @@ async def interrupted_lost_placement(engine: Engine, interruption: str) -> None:
     buy = await engine.starter.place_buy_order(strategy)
     await wait_until(lambda: broker_orders(engine, api_key), "the BUY at the broker")
     if interruption == "cancel":
-        await buy.signal("cancel", "changed my mind")
+        await buy.signal("cancel", "changed my mind")  # as an operator's cancel does: the signal, then
+        await buy.cancel()  # Temporal's cancel request
         report = None
     else:
         stop_id = await start_emergency_stop(
@@ -263,6 +264,7 @@ async def cancel_during_a_lost_answer_of_a_resting_order(engine: Engine) -> None
     buy = await engine.starter.place_buy_order(strategy)
     await wait_until(lambda: broker_orders(engine, api_key), "the BUY at the broker")
     await buy.signal("cancel", "changed my mind")
+    await buy.cancel()
     end = await order_end(buy)
     after = await engine.store.get_strategy(strategy.id)
 

@@ -41,9 +41,10 @@ def with_settings(engine: Engine, **changes: Any) -> None:
 
 
 async def test_a_buy_waits_out_a_held_request_instead_of_sending_a_twin(engine: Engine) -> None:
+    with_settings(engine, resend_quiet_seconds_buy=3.0)
     strategy = await engine.strategy("INFY", quantity=5, api_key="quiet1")
     # Two latency faults add up to 3 s, past the 2 s window: the broker makes the order after the
-    # client's timeout. A BUY waits a further 10 s of an absent tag before sending again, and finds it.
+    # client's timeout. A BUY waits a further 3 s of an absent tag before sending again, and finds it.
     engine.paper.control.add_fault("latency", route="place_order", count=1, seconds=1.5)
     engine.paper.control.add_fault("latency", route="place_order", count=1, seconds=1.5)
 
@@ -62,8 +63,9 @@ async def test_a_filled_twin_is_applied_and_flagged_with_both_order_ids(
     caplog.set_level(logging.WARNING)
     with_settings(engine, twin_watch_seconds=30.0)
     strategy = await engine.strategy("TCS", quantity=4, api_key="twin1")
-    # Held past the window and the BUY's quiet time: the re-sent order fills, then the held one does too.
-    engine.paper.control.add_fault("latency", route="place_order", count=1, seconds=15)
+    # Held past the 2 s window and the BUY's 1 s quiet time: the re-sent order fills, then the held one
+    # does too.
+    engine.paper.control.add_fault("latency", route="place_order", count=1, seconds=5)
 
     result = await (await engine.starter.place_buy_order(strategy)).result()
     assert (result.outcome, result.filled_quantity) == (Outcome.FILLED, 4)
