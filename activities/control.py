@@ -324,7 +324,7 @@ class AlertSink(Protocol):
 
 
 class WebhookAlertSink:
-    """POSTs the alert as JSON to `url` (ALERT_WEBHOOK_URL); any answer but 2xx is retried."""
+    """POSTs the alert as JSON to `url` (ENGINE_ALERT_WEBHOOK_URL); any answer but 2xx is retried."""
 
     name = "webhook"
 
@@ -349,7 +349,7 @@ class WebhookAlertSink:
 
 
 def alert_sinks_from_settings(settings: Settings) -> list[AlertSink]:
-    """The sinks the environment configures: a webhook when ALERT_WEBHOOK_URL is set."""
+    """The sinks the environment configures: a webhook when ENGINE_ALERT_WEBHOOK_URL is set."""
     return [WebhookAlertSink(settings.alert_webhook_url)] if settings.alert_webhook_url else []
 
 

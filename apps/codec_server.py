@@ -6,8 +6,9 @@ last path segment matters, so `/decode` and `/{namespace}/decode` both work.
 
     uvicorn apps.codec_server:app --host 0.0.0.0 --port 8081
 
-Environment: `PAYLOAD_CODEC_KEYS` / `PAYLOAD_CODEC_KEY_ID` (see `engine.codec`), `CODEC_CORS_ORIGINS`
-(comma-separated origins allowed to call from a browser: the Temporal UI's), `CODEC_AUTH_TOKEN`
+Environment: `ENGINE_PAYLOAD_CODEC_KEYS` / `ENGINE_PAYLOAD_CODEC_KEY_ID` (see `engine.codec`),
+`ENGINE_CODEC_CORS_ORIGINS`
+(comma-separated origins allowed to call from a browser: the Temporal UI's), `ENGINE_CODEC_AUTH_TOKEN`
 (optional; when set, every encode/decode must carry `Authorization: Bearer <token>`).
 """
 
@@ -26,8 +27,8 @@ from temporalio.converter import PayloadCodec
 
 from engine.codec import KEYS_ENV, CodecConfigError, PayloadCodecError, codec_from_env
 
-CORS_ORIGINS_ENV = "CODEC_CORS_ORIGINS"
-AUTH_TOKEN_ENV = "CODEC_AUTH_TOKEN"
+CORS_ORIGINS_ENV = "ENGINE_CODEC_CORS_ORIGINS"
+AUTH_TOKEN_ENV = "ENGINE_CODEC_AUTH_TOKEN"
 
 CodecOperation = Callable[[Sequence[Payload]], Awaitable[list[Payload]]]
 
@@ -40,7 +41,7 @@ def create_app(
     async def apply(operation: CodecOperation, request: Request) -> Response:
         if auth_token is not None and not _bearer_matches(request.headers.get("authorization"), auth_token):
             return JSONResponse(
-                {"detail": "missing or wrong bearer token: send `Authorization: Bearer <CODEC_AUTH_TOKEN>`"},
+                {"detail": "missing or wrong bearer token: send `Authorization: Bearer <ENGINE_CODEC_AUTH_TOKEN>`"},
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )

@@ -2,9 +2,9 @@
 
 Two endpoints on every worker, `/metrics` on each:
 
-- `METRICS_PORT` (9464): the engine's own (`engine_*`, from `prometheus_client`): orders by type and
+- `ENGINE_METRICS_PORT` (9464): the engine's own (`engine_*`, from `prometheus_client`): orders by type and
   outcome, placement and fill latency, activity retries and failures, alerts by level;
-- `TEMPORAL_METRICS_PORT` (9465): the Temporal SDK's (`temporal_*`): task slots, poll and
+- `ENGINE_TEMPORAL_METRICS_PORT` (9465): the Temporal SDK's (`temporal_*`): task slots, poll and
   schedule-to-start latencies, workflow and activity completions and failures, sticky cache.
 
 The engine's metrics come from `MetricsInterceptor`, an activity interceptor that reads the inputs and
@@ -278,7 +278,7 @@ def worker_telemetry(settings: Settings) -> WorkerTelemetry:
             runtime = temporal_runtime(address)
             log.info("Temporal SDK metrics on http://%s/metrics", address)
         except MetricsEndpointError as busy:
-            log.error("%s; running without them: set TEMPORAL_METRICS_PORT to a free port, or 0", busy)
+            log.error("%s; running without them: set ENGINE_TEMPORAL_METRICS_PORT to a free port, or 0", busy)
     metrics = EngineMetrics()
     endpoint: MetricsEndpoint | None = None
     if settings.metrics_port:
@@ -286,6 +286,6 @@ def worker_telemetry(settings: Settings) -> WorkerTelemetry:
             endpoint = serve_metrics(metrics.registry, host, settings.metrics_port)
             log.info("engine metrics on http://%s:%d/metrics", host, endpoint.port)
         except MetricsEndpointError as busy:
-            log.error("%s; running without them: set METRICS_PORT to a free port, or 0", busy)
+            log.error("%s; running without them: set ENGINE_METRICS_PORT to a free port, or 0", busy)
     interceptors = [LogContextInterceptor(), MetricsInterceptor(metrics)]
     return WorkerTelemetry(runtime or temporal_runtime(None), metrics, interceptors, endpoint)

@@ -134,7 +134,7 @@ def build_worker(
 
 
 async def main() -> None:
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_format, settings.log_level)
     telemetry = worker_telemetry(settings)  # the runtime comes before the client that uses it
     store = await Store.connect(

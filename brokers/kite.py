@@ -486,7 +486,7 @@ def _classify_transport_error(
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader)):
         return BrokerConfigurationError(
-            f"Kite {operation} could not be sent: check KITE_ROOT ({name}: {detail})", error_type=name
+            f"Kite {operation} could not be sent: check ENGINE_KITE_ROOT ({name}: {detail})", error_type=name
         )
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return AmbiguousBrokerError(

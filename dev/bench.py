@@ -180,9 +180,10 @@ async def bench_memory(stack: Stack) -> tuple[float, float]:
     strategies = await seeder.strategies(accounts, IN_FLIGHT)
     task_queue = f"bench-mem-{seeder.run}"
     env = {**os.environ, "TEMPORAL_ADDRESS": stack.temporal.address, "DATABASE_URL": stack.database_url,
-           "ENGINE_SECRET_KEY": stack.secret_key, "KITE_ROOT": stack.paper_url, "TASK_QUEUE": task_queue,
-           "ENFORCE_MARKET_HOURS": "false", "ORDER_TIMEOUT_SECONDS": "600", "ORDER_POLL_INTERVAL_SECONDS": "1",
-           "METRICS_PORT": "0", "TEMPORAL_METRICS_PORT": "0"}
+           "ENGINE_SECRET_KEY": stack.secret_key, "ENGINE_KITE_ROOT": stack.paper_url, "ENGINE_TASK_QUEUE": task_queue,
+           "ENGINE_ENFORCE_MARKET_HOURS": "false", "ENGINE_ORDER_TIMEOUT_SECONDS": "600",
+           "ENGINE_ORDER_POLL_INTERVAL_SECONDS": "1",
+           "ENGINE_METRICS_PORT": "0", "ENGINE_TEMPORAL_METRICS_PORT": "0"}
     worker = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,  # noqa: ASYNC220
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -127,11 +127,12 @@ class Chaos:
     def worker_env(self) -> dict[str, str]:
         return {
             **os.environ, "TEMPORAL_ADDRESS": self.temporal.address, "TEMPORAL_NAMESPACE": "default",
-            "DATABASE_URL": self.pg.url, "ENGINE_SECRET_KEY": self.secret_key, "KITE_ROOT": self.paper_url,
-            "TASK_QUEUE": self.task_queue, "ENFORCE_MARKET_HOURS": "false",
-            "BROKER_HTTP_TIMEOUT_SECONDS": str(BROKER_TIMEOUT), "ORDER_POLL_INTERVAL_SECONDS": "0.1",
-            "ORDER_TIMEOUT_SECONDS": "4", "TWIN_WATCH_SECONDS": "15", "RESEND_QUIET_SECONDS_BUY": "4",
-            "PYTHONUNBUFFERED": "1", "METRICS_PORT": "0", "TEMPORAL_METRICS_PORT": "0", "LOG_LEVEL": "WARNING",
+            "DATABASE_URL": self.pg.url, "ENGINE_SECRET_KEY": self.secret_key, "ENGINE_KITE_ROOT": self.paper_url,
+            "ENGINE_TASK_QUEUE": self.task_queue, "ENGINE_ENFORCE_MARKET_HOURS": "false",
+            "ENGINE_BROKER_HTTP_TIMEOUT_SECONDS": str(BROKER_TIMEOUT), "ENGINE_ORDER_POLL_INTERVAL_SECONDS": "0.1",
+            "ENGINE_ORDER_TIMEOUT_SECONDS": "4", "ENGINE_TWIN_WATCH_SECONDS": "15",
+            "ENGINE_RESEND_QUIET_SECONDS_BUY": "4", "PYTHONUNBUFFERED": "1", "ENGINE_METRICS_PORT": "0",
+            "ENGINE_TEMPORAL_METRICS_PORT": "0", "ENGINE_LOG_LEVEL": "WARNING",
         }
 
     def start_worker(self) -> None:

@@ -106,8 +106,8 @@ def environment_for(settings: Settings, server: DevServer) -> list[str]:
     return [
         f"export DATABASE_URL={settings.database_url}",
         f"export TEMPORAL_ADDRESS={server.address}",
-        f"export KITE_ROOT={settings.kite_root}",
-        "export ENFORCE_MARKET_HOURS=false",
+        f"export ENGINE_KITE_ROOT={settings.kite_root}",
+        "export ENGINE_ENFORCE_MARKET_HOURS=false",
     ]
 
 

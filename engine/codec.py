@@ -7,8 +7,8 @@ so histories written before encryption was switched on stay readable.
 
 Keys come from the environment:
 
-- `PAYLOAD_CODEC_KEYS`: comma-separated `key_id:base64key` pairs, each key 32 random bytes;
-- `PAYLOAD_CODEC_KEY_ID`: the key id to encrypt with (optional when there is a single key).
+- `ENGINE_PAYLOAD_CODEC_KEYS`: comma-separated `key_id:base64key` pairs, each key 32 random bytes;
+- `ENGINE_PAYLOAD_CODEC_KEY_ID`: the key id to encrypt with (optional when there is a single key).
 
 `python -m engine.codec generate-key` prints a fresh key.
 """
@@ -31,8 +31,8 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
-KEYS_ENV = "PAYLOAD_CODEC_KEYS"
-KEY_ID_ENV = "PAYLOAD_CODEC_KEY_ID"
+KEYS_ENV = "ENGINE_PAYLOAD_CODEC_KEYS"
+KEY_ID_ENV = "ENGINE_PAYLOAD_CODEC_KEY_ID"
 
 ENCRYPTED_ENCODING = b"binary/encrypted"
 CIPHER_NAME = b"AES-256-GCM"
@@ -227,7 +227,7 @@ def encrypted_data_converter(codec: PayloadCodec | None) -> DataConverter:
 
 
 def generate_key() -> str:
-    """A fresh AES-256 key, base64-encoded, for `PAYLOAD_CODEC_KEYS`."""
+    """A fresh AES-256 key, base64-encoded, for `ENGINE_PAYLOAD_CODEC_KEYS`."""
     return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
 
 
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate-key", help="print a new base64 AES-256 key")
     generate.add_argument(
-        "--key-id", help="print a ready `key_id:key` entry for PAYLOAD_CODEC_KEYS instead of the bare key"
+        "--key-id", help="print a ready `key_id:key` entry for ENGINE_PAYLOAD_CODEC_KEYS instead of the bare key"
     )
     args = parser.parse_args(argv)
     if args.command == "generate-key":

@@ -5,7 +5,7 @@ the attempt, the strategy id and the order key, read from Temporal's own context
 `workflow.info()`) and from what `LogContextInterceptor` learned from the activity's input.
 `JsonFormatter` writes one JSON object a line for machines; `TextFormatter` a readable line for people.
 
-    configure_logging("json", "INFO")      # what `python worker.py` does (LOG_FORMAT, LOG_LEVEL)
+    configure_logging("json", "INFO")      # what `python worker.py` does (ENGINE_LOG_FORMAT, ENGINE_LOG_LEVEL)
 """
 
 from __future__ import annotations

@@ -35,5 +35,5 @@ def parse_holidays(text: str | None) -> list[date]:
         try:
             days.append(date.fromisoformat(item))
         except ValueError:
-            raise ValueError(f"NSE_HOLIDAYS: {item!r} is not a date like 2026-01-26") from None
+            raise ValueError(f"ENGINE_NSE_HOLIDAYS: {item!r} is not a date like 2026-01-26") from None
     return days

@@ -1,4 +1,6 @@
-"""The engine's settings: read from the environment once, then passed down.
+"""The engine's settings: read from the environment (and `.env` in the working directory) once, then
+passed down. The engine's own variables carry the `ENGINE_` prefix (`ENGINE_LOG_LEVEL`, not `LOG_LEVEL`,
+which other tools set for themselves); the database keeps the common `DATABASE_URL`.
 
 The Temporal connection itself (address, namespace, API key, TLS, profiles) follows Temporal's own
 conventions through `temporalio.envconfig.ClientConfig`; see `engine.temporal.connect`.
@@ -11,20 +13,48 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path("data")
 
 
+class SettingsError(ValueError):
+    """The environment holds a setting the engine cannot use."""
+
+
+def environment_variable(field_name: str) -> str:
+    """The variable a setting is read from: ENGINE_ORDER_TIMEOUT_SECONDS for order_timeout_seconds."""
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    if field is None and field_name.isupper():
+        return field_name
+    return f"ENGINE_{field_name.upper()}"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ENGINE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=True,
+        populate_by_name=True,
+    )
 
     # Store. SQLite under ./data is the embedded default; production uses postgresql+asyncpg://.
-    database_url: str = f"sqlite+aiosqlite:///{DATA_DIR}/engine.db"
+    database_url: str = Field(
+        default=f"sqlite+aiosqlite:///{DATA_DIR}/engine.db",
+        validation_alias=AliasChoices("DATABASE_URL", "ENGINE_DATABASE_URL"),
+    )
     # Key that encrypts broker credentials at rest (Fernet, urlsafe base64 of 32 bytes). Unset in the
     # embedded mode: a key is generated once into ./data/secret.key.
-    engine_secret_key: str | None = Field(default=None, repr=False)
+    engine_secret_key: str | None = Field(default=None, repr=False, validation_alias="ENGINE_SECRET_KEY")
     database_pool_size: int = Field(default=20, ge=1)
 
     # Temporal.
@@ -41,7 +71,7 @@ class Settings(BaseSettings):
     # Comma-separated ISO dates on which NSE is closed, e.g. "2026-01-26,2026-03-03".
     nse_holidays: str | None = None
 
-    # Broker. KITE_ROOT points the official client at another host (the paper broker).
+    # Broker. ENGINE_KITE_ROOT points the official client at another host (the paper broker).
     kite_root: str | None = None
     broker_http_timeout_seconds: float = Field(default=7.0, gt=0)
     broker_orders_per_second: int = Field(default=10, ge=1)
@@ -74,6 +104,20 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.lower() if info.field_name == "log_format" else value.upper()
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """The settings of the environment and `.env`; a value that cannot be used is a SettingsError
+        naming the variable to fix, never pydantic's report of field names."""
+        try:
+            return cls()
+        except ValidationError as invalid:
+            problems = []
+            for error in invalid.errors():
+                name = str(error["loc"][0]) if error["loc"] else "?"
+                value = f"={error['input']!r}" if isinstance(error.get("input"), str | int | float) else ""
+                problems.append(f"{environment_variable(name)}{value}: {error['msg']}")
+            raise SettingsError("; ".join(problems) + " (set in the environment or in .env)") from None
 
     @property
     def uses_sqlite(self) -> bool:

@@ -2,7 +2,7 @@
 
 The connection follows Temporal's own conventions (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`,
 `TEMPORAL_API_KEY`, TLS settings and profiles, read by `temporalio.envconfig.ClientConfig`), so a user's
-existing setup just works. Payloads are pydantic models; with `PAYLOAD_CODEC_KEYS` set they are
+existing setup just works. Payloads are pydantic models; with `ENGINE_PAYLOAD_CODEC_KEYS` set they are
 encrypted by the payload codec before they reach the server.
 """
 

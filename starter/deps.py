@@ -142,9 +142,9 @@ class Services:
         store: Store | None = None,
         temporal_address: str | None = None,
     ) -> Services:
-        """What is not given, from the environment: Settings(), the store at DATABASE_URL, and a
+        """What is not given, from the environment: Settings.from_environment(), the store at DATABASE_URL, and a
         Temporal client on Temporal's own conventions (or at `temporal_address`)."""
-        settings = settings or Settings()
+        settings = settings or Settings.from_environment()
         owns_store = store is None
         if store is None:
             store = await Store.connect(settings.database_url, settings.engine_secret_key)

@@ -1,8 +1,8 @@
 """Temporal Schedules per strategy: a BUY at its entry time and a SELL at its exit time.
 
 Each strategy has up to two schedules, `strategy:{id}:entry` and `strategy:{id}:exit`, firing at the
-strategy's times in Asia/Kolkata, Monday to Friday, with NSE holidays (`NSE_HOLIDAYS`) skipped. A short
-catch-up window (`SCHEDULE_CATCHUP_WINDOW_SECONDS`, default 60 s) means a market order that missed its
+strategy's times in Asia/Kolkata, Monday to Friday, with NSE holidays (`ENGINE_NSE_HOLIDAYS`) skipped. A short
+catch-up window (`ENGINE_SCHEDULE_CATCHUP_WINDOW_SECONDS`, default 60 s) means a market order that missed its
 time is dropped, not sent late; overlap policy SKIP. What a schedule starts is a `ScheduledOrderWorkflow`,
 whose activity (`ScheduledOrderActivities.start_scheduled_order`) starts the order through
 `OrderStarter.start_order`: a schedule that fires twice makes one order.
@@ -80,11 +80,12 @@ def schedule_id(strategy_id: int, leg: Leg) -> str:
 
 
 def catchup_window(settings: Settings) -> timedelta:
-    """`SCHEDULE_CATCHUP_WINDOW_SECONDS`: how late a missed schedule may still fire."""
+    """`ENGINE_SCHEDULE_CATCHUP_WINDOW_SECONDS`: how late a missed schedule may still fire."""
     seconds = float(getattr(settings, "schedule_catchup_window_seconds", DEFAULT_CATCHUP_WINDOW_SECONDS))
     if seconds < MIN_CATCHUP_WINDOW_SECONDS:
         raise ValueError(
-            f"SCHEDULE_CATCHUP_WINDOW_SECONDS must be at least {MIN_CATCHUP_WINDOW_SECONDS:g} (Temporal's minimum), "
+            f"ENGINE_SCHEDULE_CATCHUP_WINDOW_SECONDS must be at least {MIN_CATCHUP_WINDOW_SECONDS:g} "
+            "(Temporal's minimum), "
             f"got {seconds:g}"
         )
     return timedelta(seconds=seconds)

@@ -95,7 +95,7 @@ async def test_unknown_key_id_names_the_key_and_what_to_do() -> None:
         await reader.decode([sealed])
 
     message = str(raised.value)
-    assert "'retired'" in message and "PAYLOAD_CODEC_KEYS" in message and "k2" in message
+    assert "'retired'" in message and "ENGINE_PAYLOAD_CODEC_KEYS" in message and "k2" in message
     assert raised.value.retryable is False
 
 
@@ -161,12 +161,12 @@ def test_keys_never_appear_in_reprs_or_errors() -> None:
 
 def test_from_env_is_off_without_keys() -> None:
     assert codec_from_env({}) is None
-    assert codec_from_env({"PAYLOAD_CODEC_KEYS": "  "}) is None
+    assert codec_from_env({"ENGINE_PAYLOAD_CODEC_KEYS": "  "}) is None
 
 
 def test_from_env_uses_the_named_current_key() -> None:
     codec = codec_from_env(
-        {"PAYLOAD_CODEC_KEYS": f"k1:{generate_key()}, k2:{generate_key()}", "PAYLOAD_CODEC_KEY_ID": "k2"}
+        {"ENGINE_PAYLOAD_CODEC_KEYS": f"k1:{generate_key()}, k2:{generate_key()}", "ENGINE_PAYLOAD_CODEC_KEY_ID": "k2"}
     )
 
     assert codec is not None
@@ -174,7 +174,7 @@ def test_from_env_uses_the_named_current_key() -> None:
 
 
 def test_from_env_single_key_needs_no_key_id() -> None:
-    codec = codec_from_env({"PAYLOAD_CODEC_KEYS": f"only:{generate_key()}"})
+    codec = codec_from_env({"ENGINE_PAYLOAD_CODEC_KEYS": f"only:{generate_key()}"})
 
     assert codec is not None and codec.current_key_id == "only"
 
@@ -182,7 +182,7 @@ def test_from_env_single_key_needs_no_key_id() -> None:
 def test_from_env_accepts_url_safe_base64() -> None:
     url_safe = base64.urlsafe_b64encode(bytes(range(200, 232))).decode()
 
-    codec = codec_from_env({"PAYLOAD_CODEC_KEYS": f"k1:{url_safe}"})
+    codec = codec_from_env({"ENGINE_PAYLOAD_CODEC_KEYS": f"k1:{url_safe}"})
 
     assert codec is not None
 
@@ -190,23 +190,23 @@ def test_from_env_accepts_url_safe_base64() -> None:
 @pytest.mark.parametrize(
     ("environ", "complaint"),
     [
-        ({"PAYLOAD_CODEC_KEY_ID": "k1"}, "PAYLOAD_CODEC_KEYS is empty"),
-        ({"PAYLOAD_CODEC_KEYS": "k1"}, "not `key_id:base64key`"),
-        ({"PAYLOAD_CODEC_KEYS": ":abc"}, "not `key_id:base64key`"),
-        ({"PAYLOAD_CODEC_KEYS": "k1:not base64!"}, "not valid base64"),
-        ({"PAYLOAD_CODEC_KEYS": "k1:" + base64.b64encode(b"k" * 24).decode()}, "24 bytes; AES-256 needs 32"),
-        ({"PAYLOAD_CODEC_KEYS": "bad id:" + base64.b64encode(b"k" * 32).decode()}, "key id 'bad id'"),
-        ({"PAYLOAD_CODEC_KEYS": "k1:{0},k1:{0}".format(base64.b64encode(b"k" * 32).decode())}, "twice"),
+        ({"ENGINE_PAYLOAD_CODEC_KEY_ID": "k1"}, "ENGINE_PAYLOAD_CODEC_KEYS is empty"),
+        ({"ENGINE_PAYLOAD_CODEC_KEYS": "k1"}, "not `key_id:base64key`"),
+        ({"ENGINE_PAYLOAD_CODEC_KEYS": ":abc"}, "not `key_id:base64key`"),
+        ({"ENGINE_PAYLOAD_CODEC_KEYS": "k1:not base64!"}, "not valid base64"),
+        ({"ENGINE_PAYLOAD_CODEC_KEYS": "k1:" + base64.b64encode(b"k" * 24).decode()}, "24 bytes; AES-256 needs 32"),
+        ({"ENGINE_PAYLOAD_CODEC_KEYS": "bad id:" + base64.b64encode(b"k" * 32).decode()}, "key id 'bad id'"),
+        ({"ENGINE_PAYLOAD_CODEC_KEYS": "k1:{0},k1:{0}".format(base64.b64encode(b"k" * 32).decode())}, "twice"),
         (
-            {"PAYLOAD_CODEC_KEYS": "k1:{0},k2:{0}".format(base64.b64encode(b"k" * 32).decode())},
-            "set PAYLOAD_CODEC_KEY_ID",
+            {"ENGINE_PAYLOAD_CODEC_KEYS": "k1:{0},k2:{0}".format(base64.b64encode(b"k" * 32).decode())},
+            "set ENGINE_PAYLOAD_CODEC_KEY_ID",
         ),
         (
             {
-                "PAYLOAD_CODEC_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode(),
-                "PAYLOAD_CODEC_KEY_ID": "k9",
+                "ENGINE_PAYLOAD_CODEC_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode(),
+                "ENGINE_PAYLOAD_CODEC_KEY_ID": "k9",
             },
-            "PAYLOAD_CODEC_KEY_ID='k9' names no key",
+            "ENGINE_PAYLOAD_CODEC_KEY_ID='k9' names no key",
         ),
     ],
 )
@@ -231,7 +231,7 @@ def test_cli_generate_key_prints_a_usable_entry() -> None:
     )
 
     entry = completed.stdout.strip()
-    codec = codec_from_env({"PAYLOAD_CODEC_KEYS": entry})
+    codec = codec_from_env({"ENGINE_PAYLOAD_CODEC_KEYS": entry})
     assert codec is not None and codec.current_key_id == "k2026a"
 
 

@@ -195,9 +195,9 @@ async def test_preflight_and_health_need_no_token(guarded_client: httpx.AsyncCli
 async def test_app_from_env_reads_keys_origins_and_token() -> None:
     app = create_app_from_env(
         {
-            "PAYLOAD_CODEC_KEYS": f"k1:{generate_key()}",
-            "CODEC_CORS_ORIGINS": f"{UI_ORIGIN}/, http://ops.internal:8080",
-            "CODEC_AUTH_TOKEN": TOKEN,
+            "ENGINE_PAYLOAD_CODEC_KEYS": f"k1:{generate_key()}",
+            "ENGINE_CODEC_CORS_ORIGINS": f"{UI_ORIGIN}/, http://ops.internal:8080",
+            "ENGINE_CODEC_AUTH_TOKEN": TOKEN,
         }
     )
 
@@ -213,14 +213,14 @@ async def test_app_from_env_reads_keys_origins_and_token() -> None:
 
 
 def test_app_from_env_without_keys_refuses_to_start() -> None:
-    with pytest.raises(CodecConfigError, match="needs PAYLOAD_CODEC_KEYS"):
-        create_app_from_env({"CODEC_CORS_ORIGINS": UI_ORIGIN})
+    with pytest.raises(CodecConfigError, match="needs ENGINE_PAYLOAD_CODEC_KEYS"):
+        create_app_from_env({"ENGINE_CODEC_CORS_ORIGINS": UI_ORIGIN})
 
 
 def test_module_app_is_built_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import apps.codec_server as codec_server
 
-    monkeypatch.setenv("PAYLOAD_CODEC_KEYS", f"k1:{generate_key()}")
+    monkeypatch.setenv("ENGINE_PAYLOAD_CODEC_KEYS", f"k1:{generate_key()}")
     monkeypatch.setattr(codec_server, "_app_from_env", None)
 
     assert isinstance(codec_server.app, FastAPI)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.settings import Settings
+from engine.settings import Settings, environment_variable
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -52,11 +52,11 @@ TEMPORAL_CLIENT_ENV = {
     "TEMPORAL_PROFILE",
     "TEMPORAL_CONFIG_FILE",
 }
-CODEC_ENV = {"PAYLOAD_CODEC_KEYS", "PAYLOAD_CODEC_KEY_ID"}
-CODEC_SERVER_ENV = CODEC_ENV | {"CODEC_CORS_ORIGINS", "CODEC_AUTH_TOKEN"}
+CODEC_ENV = {"ENGINE_PAYLOAD_CODEC_KEYS", "ENGINE_PAYLOAD_CODEC_KEY_ID"}
+CODEC_SERVER_ENV = CODEC_ENV | {"ENGINE_CODEC_CORS_ORIGINS", "ENGINE_CODEC_AUTH_TOKEN"}
 # Defaults that are wrong in a container: SQLite on a throwaway disk, a secret key generated per replica,
 # a Temporal server on localhost, order data in plain text.
-REQUIRED_IN_PRODUCTION = {"DATABASE_URL", "ENGINE_SECRET_KEY", "TEMPORAL_ADDRESS", "PAYLOAD_CODEC_KEYS"}
+REQUIRED_IN_PRODUCTION = {"DATABASE_URL", "ENGINE_SECRET_KEY", "TEMPORAL_ADDRESS", "ENGINE_PAYLOAD_CODEC_KEYS"}
 SECRET_NAME = re.compile(r"PASSWORD|PWD|SECRET|TOKEN|_KEYS?$")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -78,14 +78,7 @@ def engine_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
 
 
 def settings_env_names() -> set[str]:
-    prefix = str(Settings.model_config.get("env_prefix") or "")
-    names = set()
-    for field_name, field in Settings.model_fields.items():
-        names.add(f"{prefix}{field_name}".upper())
-        for alias in (field.alias, field.validation_alias):
-            if isinstance(alias, str):
-                names.add(alias.upper())
-    return names
+    return {environment_variable(field_name) for field_name in Settings.model_fields}
 
 
 def environment(spec: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +149,7 @@ def test_service_entry_points_import(module: str, attribute: str | None, source:
     code = f"import importlib; m = importlib.import_module({module!r})"
     if attribute:
         code += f"; assert getattr(m, {attribute!r}) is not None"
-    env = {**os.environ, "PAYLOAD_CODEC_KEYS": "k1:" + "A" * 43 + "="}
+    env = {**os.environ, "ENGINE_PAYLOAD_CODEC_KEYS": "k1:" + "A" * 43 + "="}
     completed = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
@@ -190,8 +183,8 @@ def test_every_required_setting_is_provided(services: dict[str, dict[str, Any]])
         assert env["TEMPORAL_ADDRESS"] == "temporal:7233"
     assert environment(services["migrate"])["DATABASE_URL"] == environment(services["worker"])["DATABASE_URL"]
     assert (
-        environment(services["codec-server"])["PAYLOAD_CODEC_KEYS"]
-        == environment(services["worker"])["PAYLOAD_CODEC_KEYS"]
+        environment(services["codec-server"])["ENGINE_PAYLOAD_CODEC_KEYS"]
+        == environment(services["worker"])["ENGINE_PAYLOAD_CODEC_KEYS"]
     )
 
 
@@ -334,7 +327,7 @@ def test_ui_is_pointed_at_the_codec_server(services: dict[str, dict[str, Any]]) 
     codec_env = environment(services["codec-server"])
 
     codec_default = re.search(r":-([^}]+)\}", ui_env["TEMPORAL_CODEC_ENDPOINT"])
-    origin_default = re.search(r":-([^}]+)\}", codec_env["CODEC_CORS_ORIGINS"])
+    origin_default = re.search(r":-([^}]+)\}", codec_env["ENGINE_CODEC_CORS_ORIGINS"])
     assert codec_default is not None and origin_default is not None
     assert codec_default.group(1) == "http://localhost:8081"
     assert "127.0.0.1:8081:8081" in services["codec-server"]["ports"]
@@ -350,7 +343,7 @@ def test_published_ports_bind_to_loopback(services: dict[str, dict[str, Any]]) -
 
 def test_metrics_listen_on_localhost_unless_configured(services: dict[str, dict[str, Any]]) -> None:
     assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
-    assert environment(services["worker"])["METRICS_HOST"] == "0.0.0.0"  # the compose network, not the host
+    assert environment(services["worker"])["ENGINE_METRICS_HOST"] == "0.0.0.0"  # the compose network, not the host
     assert "ports" not in services["worker"]
 
 

@@ -276,13 +276,13 @@ async def test_a_worker_killed_half_way_through_the_stop_leaves_the_rest_to_anot
         **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PAYLOAD_CODEC"))},
         "DATABASE_URL": engine.store.engine.url.render_as_string(hide_password=False),
         "ENGINE_SECRET_KEY": engine_secret_key,
-        "KITE_ROOT": engine.paper.url,
-        "TASK_QUEUE": stop_settings.task_queue,
-        "METRICS_PORT": "0",
-        "TEMPORAL_METRICS_PORT": "0",
+        "ENGINE_KITE_ROOT": engine.paper.url,
+        "ENGINE_TASK_QUEUE": stop_settings.task_queue,
+        "ENGINE_METRICS_PORT": "0",
+        "ENGINE_TEMPORAL_METRICS_PORT": "0",
         "TEMPORAL_ADDRESS": temporal_server.address,
-        "ENFORCE_MARKET_HOURS": "false",
-        "BROKER_HTTP_TIMEOUT_SECONDS": "2",
+        "ENGINE_ENFORCE_MARKET_HOURS": "false",
+        "ENGINE_BROKER_HTTP_TIMEOUT_SECONDS": "2",
     }
     engine.paper.control.set_fill(delay_seconds=60)
     strategies = [await engine.strategy(symbol, quantity=1, api_key="crash") for symbol in SYMBOLS[:2]]

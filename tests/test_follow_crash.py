@@ -31,14 +31,14 @@ def worker_env(server: DevServer, database_url: str, secret_key: str, paper_url:
         "TEMPORAL_NAMESPACE": "default",
         "DATABASE_URL": database_url,
         "ENGINE_SECRET_KEY": secret_key,
-        "KITE_ROOT": paper_url,
-        "TASK_QUEUE": task_queue,
-        "ENFORCE_MARKET_HOURS": "false",
-        "BROKER_HTTP_TIMEOUT_SECONDS": "3",
-        "ORDER_POLL_INTERVAL_SECONDS": "0.05",
+        "ENGINE_KITE_ROOT": paper_url,
+        "ENGINE_TASK_QUEUE": task_queue,
+        "ENGINE_ENFORCE_MARKET_HOURS": "false",
+        "ENGINE_BROKER_HTTP_TIMEOUT_SECONDS": "3",
+        "ENGINE_ORDER_POLL_INTERVAL_SECONDS": "0.05",
         "PYTHONUNBUFFERED": "1",
-        "METRICS_PORT": "0",
-        "TEMPORAL_METRICS_PORT": "0",
+        "ENGINE_METRICS_PORT": "0",
+        "ENGINE_TEMPORAL_METRICS_PORT": "0",
     }
 
 

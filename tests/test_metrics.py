@@ -206,5 +206,5 @@ def test_a_busy_port_is_a_clear_error_and_the_worker_runs_without_that_endpoint(
 
     assert telemetry.endpoint is None and telemetry.runtime.metric_meter is MetricMeter.noop
     messages = [record.getMessage() for record in caplog.records]
-    assert any("set METRICS_PORT to a free port" in message for message in messages)
-    assert any("set TEMPORAL_METRICS_PORT to a free port" in message for message in messages)
+    assert any("set ENGINE_METRICS_PORT to a free port" in message for message in messages)
+    assert any("set ENGINE_TEMPORAL_METRICS_PORT to a free port" in message for message in messages)

@@ -27,8 +27,8 @@ async def operator(
     monkeypatch.setenv("DATABASE_URL", engine_db_url)
     monkeypatch.setenv("ENGINE_SECRET_KEY", engine_secret_key)
     monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_server.address)
-    monkeypatch.setenv("TASK_QUEUE", engine.settings.task_queue)
-    monkeypatch.delenv("PAYLOAD_CODEC_KEYS", raising=False)
+    monkeypatch.setenv("ENGINE_TASK_QUEUE", engine.settings.task_queue)
+    monkeypatch.delenv("ENGINE_PAYLOAD_CODEC_KEYS", raising=False)
     return Operator()
 
 

@@ -87,14 +87,14 @@ async def run_crash_scenario(
         "TEMPORAL_NAMESPACE": "default",
         "DATABASE_URL": database_url,
         "ENGINE_SECRET_KEY": secret_key,
-        "KITE_ROOT": engine.paper.url,
-        "TASK_QUEUE": engine.settings.task_queue,
-        "ENFORCE_MARKET_HOURS": "false",
-        "BROKER_HTTP_TIMEOUT_SECONDS": "3",
-        "ORDER_POLL_INTERVAL_SECONDS": "0.05",
+        "ENGINE_KITE_ROOT": engine.paper.url,
+        "ENGINE_TASK_QUEUE": engine.settings.task_queue,
+        "ENGINE_ENFORCE_MARKET_HOURS": "false",
+        "ENGINE_BROKER_HTTP_TIMEOUT_SECONDS": "3",
+        "ENGINE_ORDER_POLL_INTERVAL_SECONDS": "0.05",
         "PYTHONUNBUFFERED": "1",
-        "METRICS_PORT": "0",
-        "TEMPORAL_METRICS_PORT": "0",
+        "ENGINE_METRICS_PORT": "0",
+        "ENGINE_TEMPORAL_METRICS_PORT": "0",
     }
     log = tmp_path / "worker.log"
     strategy = await engine.strategy("RELIANCE", quantity=8, api_key=f"crash{uuid.uuid4().hex[:6]}")

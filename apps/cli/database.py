@@ -31,7 +31,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
 
 async def run_schema_command(args: argparse.Namespace, console: Console, json_output: bool) -> int:
-    engine = create_engine(Settings().database_url)
+    engine = create_engine(Settings.from_environment().database_url)
     try:
         command: SchemaCommand = args.schema_command
         return await command(engine, console, json_output)

@@ -1,6 +1,6 @@
 """`engine`: the operator's command line. It talks to Temporal and the database directly (not through
 the HTTP API), configured from the environment like the worker (DATABASE_URL, ENGINE_SECRET_KEY,
-TEMPORAL_ADDRESS, TASK_QUEUE, ...).
+TEMPORAL_ADDRESS, ENGINE_TASK_QUEUE, ...).
 
     engine users create alice                  # prints alice's API key, once
     engine accounts add --user 1 --api-key K --api-secret S --access-token T
@@ -86,7 +86,7 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         if args.group == "db":
             return await database.run_schema_command(args, console, json_output)
         if services is None:
-            opened = services = await Services.open(Settings())
+            opened = services = await Services.open(Settings.from_environment())
         await services.store.require_current_schema()
         command: Command = args.run
         return await command(Cli(services, console, json_output=json_output), args)

@@ -24,7 +24,8 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 
 def database_url() -> str:
-    return config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url") or Settings().database_url
+    given = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    return given or Settings.from_environment().database_url
 
 
 def run_migrations_offline() -> None:
