@@ -112,7 +112,7 @@ def _login(root: str, api_key: str) -> str:
     from kiteconnect import KiteConnect
 
     kite = KiteConnect(api_key, root=root)
-    return str(kite.generate_session(f"req-{api_key}", "bench-secret")["access_token"])
+    return str(kite.generate_session(SimControl(root).request_token(api_key), "bench-secret")["access_token"])
 
 
 def received_at_by_tag(control: SimControl) -> dict[str, float]:

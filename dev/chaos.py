@@ -49,7 +49,6 @@ from store.records import StrategySpec
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ("RELIANCE", "INFY", "TCS", "SBIN", "HDFCBANK")
 PAPER_SECRET = "paper-secret"
-PAPER_REQUEST_TOKEN = "paper-request-token"
 BROKER_TIMEOUT = 1.5
 
 
@@ -202,7 +201,8 @@ class Chaos:
         for account_number in range(max(1, self.args.strategies // 10)):
             api_key = f"chaos{account_number}"
             kite = KiteConnect(api_key, root=self.paper_url, timeout=5)
-            token = kite.generate_session(PAPER_REQUEST_TOKEN, api_secret=PAPER_SECRET)["access_token"]
+            request_token = SimControl(self.paper_url).request_token(api_key)
+            token = kite.generate_session(request_token, api_secret=PAPER_SECRET)["access_token"]
             user, _ = await self.store.create_user(f"chaos-{account_number}-{uuid.uuid4().hex[:4]}")
             account = await self.store.add_broker_account(
                 user.id, broker="kite", api_key=api_key, api_secret=PAPER_SECRET, access_token=token

@@ -64,7 +64,7 @@ def auth_header(kite: KiteConnect) -> dict[str, str]:
 
 def test_login_returns_a_kite_session_and_opens_the_account(paper: PaperBrokerServer) -> None:
     client = KiteConnect("fresh_key", root=paper.url, timeout=2)
-    session = client.generate_session("any-request-token", api_secret="any-secret")
+    session = client.generate_session(paper.control.request_token("fresh_key"), api_secret="any-secret")
 
     assert SESSION_KEYS <= set(session)
     assert isinstance(session["login_time"], datetime)  # the client parses only YYYY-MM-DD HH:MM:SS
@@ -104,8 +104,9 @@ def test_a_configured_api_secret_must_match_the_checksum() -> None:
             KiteConnect("key", root=server.url).generate_session("rt", api_secret="wrong")
         assert refused.value.code == 403
         assert server.login("key", api_secret="s3cret")
+        rt = server.control.request_token("key")
         answer = httpx.post(f"{server.url}/session/token",
-                            data={"api_key": "key", "request_token": "rt", "checksum": checksum("key", "rt", "s3cret")})
+                            data={"api_key": "key", "request_token": rt, "checksum": checksum("key", rt, "s3cret")})
         assert answer.json()["status"] == "success"
 
 

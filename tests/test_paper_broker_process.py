@@ -13,6 +13,7 @@ import httpx
 import pytest
 from kiteconnect import KiteConnect
 
+from brokers.paper.control import SimControl
 from brokers.paper.persistence import StateFileError
 from brokers.paper.testing import PaperBrokerServer
 from tests.fixtures.paper import wait_for_status
@@ -115,7 +116,7 @@ def test_the_console_command_serves_the_kite_client(tmp_path: Path) -> None:
             time.sleep(0.05)
 
         kite = KiteConnect("cli_key", root=url, timeout=2)
-        kite.generate_session("request-token", api_secret="secret")
+        kite.generate_session(SimControl(url).request_token("cli_key"), api_secret="secret")
         order_id = kite.place_order("regular", "NSE", "TCS", "BUY", 2, "MIS", "MARKET", market_protection=-1)
         assert wait_for_status(kite, order_id, "COMPLETE")["filled_quantity"] == 2
     finally:

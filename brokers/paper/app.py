@@ -16,6 +16,7 @@ from brokers.paper.connections import ConnectionTrackingH11Protocol
 from brokers.paper.control_api import ControlApi, control_json
 from brokers.paper.errors import GeneralError
 from brokers.paper.kite_api import KiteApi, kite_failure
+from brokers.paper.login import LoginPage
 from brokers.paper.simulator import PaperBrokerConfig, Simulator
 
 CONTROL_PREFIX = "/_sim/"
@@ -37,6 +38,7 @@ def create_app(config: PaperBrokerConfig) -> Starlette:
 
     app = Starlette(
         routes=[*KiteApi(simulator).routes(), *ControlApi(simulator).routes(),
+                *LoginPage(simulator.exchange).routes(),
                 # KiteTicker connects to `{root}?api_key=...&access_token=...`: the root is the ticker.
                 WebSocketRoute("/", simulator.ticker.serve), WebSocketRoute("/ws", simulator.ticker.serve)],
         lifespan=lifespan,

@@ -183,6 +183,32 @@ class SimControl:
     ) -> dict[str, Any]:
         return self._send(_Calls.set_account(api_key, cash, holdings))
 
+    def register_redirect(self, api_key: str, redirect_url: str) -> None:
+        """Register the app's redirect URL, as the Kite developer console does."""
+        self._send(_Call("PUT", f"/_sim/accounts/{api_key}", {"redirect_url": redirect_url}))
+
+    def log_in(self, login_url: str) -> str:
+        """What a person does on the login page: open `login_url` (what `KiteConnect.login_url()`
+        gives), press "Log in"; returns the redirect URL the browser is sent to, request token and all."""
+        page = self._http.get(login_url)
+        if page.status_code != 200:
+            raise SimControlError(page.text, page.status_code)
+        query = dict(httpx.URL(login_url).params)
+        submitted = self._http.post("/connect/login", data={
+            "api_key": query.get("api_key", ""), "redirect_params": query.get("redirect_params", ""),
+        })
+        if submitted.status_code != 302:
+            raise SimControlError(submitted.text, submitted.status_code)
+        return submitted.headers["location"]
+
+    def request_token(self, api_key: str) -> str:
+        """A fresh request token of `api_key`, through the login page (a redirect URL is registered
+        first if the app has none)."""
+        if not any(a["api_key"] == api_key and a.get("redirect_url") for a in self.accounts()):
+            self.register_redirect(api_key, "http://127.0.0.1/kite/redirect")
+        location = self.log_in(f"/connect/login?v=3&api_key={api_key}")
+        return httpx.URL(location).params["request_token"]
+
     def accounts(self) -> list[dict[str, Any]]:
         return self._send(_Call("GET", "/_sim/accounts"))
 

@@ -210,9 +210,14 @@ class ControlApi:
         """Open an account ahead of its first login, or change its cash and holdings."""
         api_key = request.path_params["api_key"]
         body = await _json_object(request, allow_empty=True)
-        unknown = set(body) - {"cash", "holdings"}
+        unknown = set(body) - {"cash", "holdings", "redirect_url"}
         if unknown:
-            raise ControlInputError(f"an account takes cash and holdings; unknown: {', '.join(sorted(unknown))}")
+            raise ControlInputError(
+                f"an account takes cash, holdings and redirect_url; unknown: {', '.join(sorted(unknown))}"
+            )
+        redirect_url = body.get("redirect_url")
+        if redirect_url is not None and not (isinstance(redirect_url, str) and redirect_url.startswith(("http://", "https://"))):
+            raise ControlInputError(f"redirect_url must be an http(s) URL, got {redirect_url!r}")
         cash = parse_price(body["cash"], "cash") if "cash" in body else None
         holdings = self._parse_holdings(body["holdings"]) if "holdings" in body else None
         account = self.exchange.open_account(api_key)
@@ -220,6 +225,8 @@ class ControlApi:
             account.cash = cash
         if holdings is not None:
             account.holdings = holdings
+        if redirect_url is not None:
+            self.exchange.register_redirect(api_key, redirect_url)
         self.sim.changed(account_key(api_key))
         return self._account_json(api_key)
 
@@ -246,6 +253,7 @@ class ControlApi:
         return {
             "api_key": account.api_key,
             "user_id": account.user_id,
+            "redirect_url": self.exchange.redirect_urls.get(api_key),
             "cash": account.cash,
             "available_margin": margins.available,
             "used_margin": margins.used,

@@ -19,7 +19,7 @@ from typing import Any
 
 from brokers.base import OrderStatus
 from brokers.paper.accounts import AMOUNT_QUANTUM, DEFAULT_CASH, AccessToken, Account, Position, margin_rate
-from brokers.paper.clock import SimClock, epoch_now, kite_time, next_token_expiry
+from brokers.paper.clock import SimClock, kite_time, next_token_expiry
 from brokers.paper.errors import HoldingError, InputError, MarginError, OrderError, TokenError
 from brokers.paper.instruments import Instrument, instrument_key
 from brokers.paper.market import Market
@@ -36,6 +36,8 @@ S = OrderStatus
 MAX_MODIFICATIONS = 25
 MARKET_PROTECTED_ORDER_TYPES = frozenset({"MARKET", "SL-M"})
 CHECKSUM_PATTERN = re.compile(r"[0-9a-f]{64}")
+# Kite's request tokens are good for one exchange, within a few minutes of the login.
+REQUEST_TOKEN_LIFETIME_SECONDS = 300.0
 
 # State keys for `on_change`.
 ALL_STATE = "*"
@@ -102,6 +104,9 @@ class PaperExchange:
         self.counters = Counters()
         self.accounts: dict[str, Account] = {}
         self.tokens: dict[str, AccessToken] = {}
+        # Request tokens the login page handed out: value → (api_key, issued at); and each app's redirect.
+        self.request_tokens: dict[str, tuple[str, float]] = {}
+        self.redirect_urls: dict[str, str] = {}
         self.orders: dict[str, Order] = {}
         self.trades: dict[str, Trade] = {}
         # Non-terminal orders, by instrument (for price moves) and by account (for margin).
@@ -136,6 +141,7 @@ class PaperExchange:
         self._fill_timers.clear()
         self.accounts.clear()
         self.tokens.clear()
+        self.request_tokens.clear()
         self.orders.clear()
         self.trades.clear()
         self._live_by_instrument.clear()
@@ -159,8 +165,26 @@ class PaperExchange:
 
     # ---- sessions -------------------------------------------------------------------------------
 
+    def issue_request_token(self, api_key: str) -> str:
+        """What a successful login on Kite's page hands the redirect: good once, for a few minutes."""
+        value = secrets.token_urlsafe(24)
+        self.request_tokens[value] = (api_key, self.clock.now().timestamp())
+        return value
+
+    def register_redirect(self, api_key: str, redirect_url: str) -> None:
+        """The redirect URL of the api_key's app, as registered in Kite's developer console."""
+        self.redirect_urls[api_key] = redirect_url
+
+    def _take_request_token(self, api_key: str, request_token: str) -> None:
+        issued = self.request_tokens.pop(request_token, None)  # a request token works once
+        if issued is None or issued[0] != api_key:
+            raise TokenError("Token is invalid or has expired.")
+        if self.clock.now().timestamp() - issued[1] > REQUEST_TOKEN_LIFETIME_SECONDS:
+            raise TokenError("Token is invalid or has expired.")
+
     def login(self, api_key: str, request_token: str, checksum: str) -> tuple[Account, AccessToken]:
-        """Kite's token exchange. An account is opened on an api_key's first login."""
+        """Kite's token exchange of a request token from the login page. An account is opened on an
+        api_key's first login."""
         for name, value in (("api_key", api_key), ("request_token", request_token), ("checksum", checksum)):
             if not value:
                 raise InputError(f"Missing `{name}`.")
@@ -171,8 +195,9 @@ class PaperExchange:
             expected = hashlib.sha256((api_key + request_token + secret).encode()).hexdigest()
             if not hmac.compare_digest(expected, checksum):
                 raise TokenError("Invalid `checksum`: it does not match this api_key's api_secret.")
+        self._take_request_token(api_key, request_token)
         account = self.accounts.get(api_key) or self._open_account(api_key)
-        issued_at = epoch_now()
+        issued_at = self.clock.now().timestamp()
         lifetime = self.settings.token_lifetime_seconds
         expires_at = next_token_expiry(issued_at) if lifetime is None else issued_at + lifetime
         token = AccessToken(api_key=api_key, issued_at=issued_at, expires_at=expires_at,
@@ -196,7 +221,7 @@ class PaperExchange:
         token = self.tokens.get(access_token)
         if token is None or token.api_key != api_key or api_key not in self.accounts:
             raise TokenError("Incorrect `api_key` or `access_token`.")
-        if not token.is_valid_at(epoch_now()):
+        if not token.is_valid_at(self.clock.now().timestamp()):
             raise TokenError("Token is invalid or has expired.")
         return self.accounts[api_key]
 
@@ -208,7 +233,7 @@ class PaperExchange:
 
     def expire_tokens(self, api_key: str | None = None) -> int:
         """End the sessions of one api_key (or all); the next call with them gets TokenException."""
-        now = epoch_now()
+        now = self.clock.now().timestamp()
         expired = 0
         for token in self.tokens.values():
             if (api_key is None or token.api_key == api_key) and token.is_valid_at(now):

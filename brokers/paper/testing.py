@@ -26,7 +26,6 @@ START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
 # Any secret works unless the server was given one: the checksum only has to be well formed.
 DEFAULT_API_SECRET = "paper-secret"
-REQUEST_TOKEN = "paper-request-token"
 
 
 class PaperBrokerError(RuntimeError):
@@ -124,5 +123,5 @@ class PaperBrokerServer:
     def _login(self, api_key: str, api_secret: str | None, *, timeout: float) -> KiteConnect:
         client = KiteConnect(api_key, root=self.url, timeout=timeout)
         secret = api_secret or self.config.api_secret or DEFAULT_API_SECRET
-        client.generate_session(REQUEST_TOKEN, api_secret=secret)
+        client.generate_session(self.control.request_token(api_key), api_secret=secret)
         return client
