@@ -119,21 +119,32 @@ class InstrumentTokens:
 
     async def _load(self, day: str) -> dict[str, int]:
         path = self.cache_dir / f"instruments-{day}.json"
-        if path.exists():
-            with contextlib.suppress(ValueError, OSError):
-                tokens = json.loads(path.read_text())
-                if isinstance(tokens, dict) and tokens:
-                    return {str(k): int(v) for k, v in tokens.items()}
+        cached = await asyncio.to_thread(_read_tokens, path)
+        if cached:
+            return cached
         tokens = await self._fetch()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(tokens, separators=(",", ":")))
-        partial.replace(path)
-        for old in self.cache_dir.glob("instruments-*.json"):
-            if old != path:
-                old.unlink(missing_ok=True)
+        await asyncio.to_thread(_write_tokens, path, tokens)
         log.info("instruments dump of %s fetched: %d instruments, cached in %s", day, len(tokens), path)
         return tokens
+
+
+def _read_tokens(path: Path) -> dict[str, int] | None:
+    try:
+        tokens = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    return {str(k): int(v) for k, v in tokens.items()} if isinstance(tokens, dict) and tokens else None
+
+
+def _write_tokens(path: Path, tokens: dict[str, int]) -> None:
+    """The day's file, written whole (then renamed), and the days before removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(tokens, separators=(",", ":")))
+    partial.replace(path)
+    for old in path.parent.glob("instruments-*.json"):
+        if old != path:
+            old.unlink(missing_ok=True)
 
 
 class Connection(Protocol):

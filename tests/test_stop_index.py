@@ -124,8 +124,11 @@ async def test_the_instruments_dump_is_fetched_once_a_day_and_kept_in_a_file(tmp
     day[0] = "2026-12-03"
     assert await again.token_of("NSE", "INFY") == 408065
     assert fetched == ["2026-12-02", "2026-12-03"]
-    assert [p.name for p in tmp_path.iterdir()] == ["instruments-2026-12-03.json"]
-    assert json.loads((tmp_path / "instruments-2026-12-03.json").read_text()) == {"NSE:INFY": 408065}
+    assert cached_files(tmp_path) == {"instruments-2026-12-03.json": {"NSE:INFY": 408065}}
+
+
+def cached_files(folder: Path) -> dict[str, object]:
+    return {path.name: json.loads(path.read_text()) for path in folder.iterdir()}
 
 
 @pytest.mark.parametrize("price", ["95", "94.95"])
