@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from engine.market_hours import MarketCalendar, parse_holidays
 from engine.models import Alert, AlertLevel
 from engine.settings import Settings
 from engine.temporal import connect
-from starter.market_data import InstrumentTokens, MarketDataService
+from starter.market_data import AlertSender, InstrumentTokens, MarketDataService
 from starter.orders import OrderStarter
 from store import Store
 
@@ -39,8 +39,12 @@ HEALTH_LOG_SECONDS = 30.0
 STATUS_TIMEOUT_SECONDS = 3.0
 
 
-def build_service(settings: Settings, store: Store, starter: OrderStarter) -> MarketDataService:
-    """The service wired to Kite (or the paper broker at KITE_ROOT), the store and the order starter."""
+def build_service(
+    settings: Settings, store: Store, starter: OrderStarter, *,
+    market_open: Callable[[datetime], bool] | None = None, alert: AlertSender | None = None,
+) -> MarketDataService:
+    """The service wired to Kite (or the paper broker at KITE_ROOT), the store and the order starter;
+    `market_open` and `alert` default to NSE's hours (NSE_HOLIDAYS) and the configured alert sinks."""
     root = settings.kite_ticker_root or ticker_root_for(settings.kite_root)
     loop = asyncio.get_running_loop()
 
@@ -64,7 +68,7 @@ def build_service(settings: Settings, store: Store, starter: OrderStarter) -> Ma
     calendar = MarketCalendar(parse_holidays(settings.nse_holidays))
     sinks = alert_sinks_from_settings(settings)
 
-    async def alert(title: str, message: str) -> None:
+    async def send_alert(title: str, message: str) -> None:
         delivered = Alert(level=AlertLevel.CRITICAL, title=title, message=message, created_at=datetime.now(UTC))
         for sink in sinks:
             await sink.send(delivered)
@@ -74,8 +78,8 @@ def build_service(settings: Settings, store: Store, starter: OrderStarter) -> Ma
         poll_seconds=settings.market_data_poll_seconds,
         reconnect_max_seconds=settings.market_data_reconnect_max_seconds,
         stale_seconds=settings.market_data_stale_seconds,
-        market_open=calendar.is_open,
-        alert=alert,
+        market_open=market_open or calendar.is_open,
+        alert=alert or send_alert,
     )
 
 
@@ -116,9 +120,10 @@ class MarketDataCollector(Collector):
             yield CounterMetricFamily(f"engine_market_data_{name}", text, value=float(value))
 
 
-async def serve(settings: Settings, store: Store, starter: OrderStarter, stop: asyncio.Event) -> MarketDataService:
-    """Run the service until `stop` is set."""
-    service = build_service(settings, store, starter)
+async def serve(settings: Settings, store: Store, starter: OrderStarter, stop: asyncio.Event,
+                service: MarketDataService | None = None) -> MarketDataService:
+    """Run the service (`build_service`'s unless given) with its metrics and health lines until `stop` is set."""
+    service = service or build_service(settings, store, starter)
     server = None
     if settings.market_data_metrics_port:
         registry = CollectorRegistry()

@@ -209,6 +209,7 @@ class ServiceCounts:
     sl_sell_failures: int = 0
     reloads: int = 0
     untracked_symbols: int = 0
+    stale_alerts: int = 0
 
 
 class MarketDataService:
@@ -501,6 +502,7 @@ class MarketDataService:
                 if feed.stale_alerted or now - since < self._stale_seconds:
                     continue
                 feed.stale_alerted = True
+                self.counts.stale_alerts += 1
                 title = f"no ticks for account {feed.account_id}"
                 message = (f"the market is open but account {feed.account_id} has had no tick for "
                            f"{now - since:.0f}s ({feed.health_line(now)}); stop-losses are not being watched")

@@ -16,13 +16,14 @@ import pytest_asyncio
 from sqlalchemy import text
 from temporalio.client import Client
 
-from apps.market_data import build_service
+from apps.market_data import build_service, serve, status_lines
 from engine.models import OrderResult
 from starter.market_data import MarketDataService
 from store import Store
 from store.records import StrategyRecord, StrategySpec
 from tests.fixtures.db import create_pg_database, drop_pg_database, pg_database_url
 from tests.fixtures.paper import PaperBrokerProcess
+from tests.fixtures.ports import free_port
 from tests.fixtures.temporal import Engine, make_engine, replay_task_queue
 
 WAIT_SECONDS = 20.0
@@ -59,11 +60,12 @@ async def engine(temporal_client: Client, market_store: Store, broker: PaperBrok
 
 
 @asynccontextmanager
-async def running_service(engine: Engine, cache: Path) -> AsyncIterator[MarketDataService]:
-    settings = engine.settings.model_copy(update={"instruments_cache_dir": cache, "market_data_metrics_port": 0})
-    service = build_service(settings, engine.store, engine.starter)
+async def running_service(engine: Engine, cache: Path, **options: Any) -> AsyncIterator[MarketDataService]:
+    settings = engine.settings.model_copy(update={"instruments_cache_dir": cache, "market_data_metrics_port": 0,
+                                                   **options.pop("settings", {})})
+    service = build_service(settings, engine.store, engine.starter, **options)
     stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
+    task = asyncio.create_task(serve(settings, engine.store, engine.starter, stop, service))
     try:
         await asyncio.wait_for(service.loaded.wait(), WAIT_SECONDS)
         yield service
@@ -202,3 +204,34 @@ async def test_a_dropped_connection_reconnects_with_the_new_token_and_restores_s
         await wait_until("the position closed", lambda: closed(engine, strategy))
         assert len(sells_of(engine, "md-drop", "ITC")) == 1
         assert service.health()[0]["connected"] is True
+
+
+async def test_health_shows_per_account_and_one_alert_comes_when_ticks_stop_in_market_hours(
+    engine: Engine, tmp_path: Path
+) -> None:
+    alerts: list[tuple[str, str]] = []
+
+    async def alert(title: str, message: str) -> None:
+        alerts.append((title, message))
+
+    port = free_port()
+    settings = {"market_data_metrics_port": port, "market_data_stale_seconds": 0.5, "metrics_host": "127.0.0.1"}
+    engine.paper.control.set_price("LT", "3600")
+    async with running_service(engine, tmp_path, settings=settings, market_open=lambda moment: True,
+                               alert=alert) as service:
+        strategy = await long_position(engine, "LT", "md-quiet", stop_loss_price=Decimal("3500"))
+        account = strategy.broker_account_id
+        await wait_until("LT subscribed", lambda: 2939649 in subscribed_tokens(engine, "md-quiet"))
+        lines = await asyncio.to_thread(status_lines, engine.settings.model_copy(update=settings))
+        assert f"account {account}: connected, 1 instruments subscribed" in "\n".join(lines)
+
+        # The price stands still: no ticks (heartbeats only). One alert, however long it lasts.
+        await wait_until("an alert", lambda: alerts)
+        await wait_until("three stale periods", lambda: (service.health()[-1]["last_tick_age_seconds"] or 0) > 2.5)
+        assert len(alerts) == 1 and alerts[0][0] == f"no ticks for account {account}"
+        assert "stop-losses are not being watched" in alerts[0][1]
+
+        engine.paper.control.set_price("LT", "3601")  # ticks again: the next silence alerts again
+        await wait_until("a second alert after ticks resumed and stopped", lambda: len(alerts) == 2)
+        await engine.starter.exit_position(strategy, requested_by="test")
+        await wait_until("the position closed", lambda: closed(engine, strategy))
