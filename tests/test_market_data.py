@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from rich.console import Console
 from sqlalchemy import text
 from temporalio.client import Client
 
+from apps.api.schemas import OrderStatusOut
+from apps.cli.orders import order_status_table
 from apps.market_data import build_service, serve, status_lines
 from engine.models import OrderResult
+from starter.deps import Services
 from starter.market_data import MarketDataService
 from store import Store
 from store.records import StrategyRecord, StrategySpec
@@ -142,6 +146,14 @@ async def test_a_position_opened_after_start_is_subscribed_and_repeated_ticks_se
         # The crossing tick's price and arrival time are on the order.
         assert order.trigger_price == Decimal("1489.50") and order.trigger_tick_at is not None
         assert order.requested_by == "market-data"
+        # ... and in the order's detail, as the HTTP API and the CLI show it.
+        report = await Services.assemble(engine.settings, engine.client, engine.store).order_status(
+            order.workflow_id.split("/")[0])
+        recorded = OrderStatusOut.of(report).recorded
+        assert recorded is not None and recorded.trigger_tick_at == order.trigger_tick_at
+        rendered = Console(width=200, record=True)
+        rendered.print(order_status_table(report))
+        assert f"1489.50 at {order.trigger_tick_at}" in rendered.export_text()
         assert (service.counts.sl_sell_started, service.counts.sl_sell_duplicates) == (1, 0)
         # Flat: no longer watched, and the instrument unsubscribed.
         await wait_until("INFY unsubscribed", lambda: 408065 not in subscribed_tokens(engine, "md-once"))
