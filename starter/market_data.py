@@ -123,8 +123,13 @@ class InstrumentTokens:
         if cached:
             return cached
         tokens = await self._fetch()
-        await asyncio.to_thread(_write_tokens, path, tokens)
-        log.info("instruments dump of %s fetched: %d instruments, cached in %s", day, len(tokens), path)
+        try:
+            await asyncio.to_thread(_write_tokens, path, tokens)
+        except OSError as error:  # a read-only disk costs a fetch at the next start, nothing more
+            log.warning("instruments dump of %s fetched (%d instruments) but not cached in %s: %s", day,
+                        len(tokens), path, error)
+        else:
+            log.info("instruments dump of %s fetched: %d instruments, cached in %s", day, len(tokens), path)
         return tokens
 
 
