@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench paper-broker worker clean chaos
+.PHONY: venv demo test lint bench bench-ticks paper-broker worker market-data clean chaos
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,11 +29,17 @@ chaos: venv
 bench: venv
 	$(PY) -m dev.bench
 
+bench-ticks: venv
+	$(PY) -m dev.bench_ticks
+
 paper-broker: venv
 	$(VENV)/bin/paper-broker --host 127.0.0.1 --port 8700
 
 worker: venv
 	$(PY) worker.py
+
+market-data: venv
+	$(VENV)/bin/engine market-data
 
 clean:
 	rm -rf $(VENV) data build *.egg-info .pytest_cache .mypy_cache .ruff_cache
