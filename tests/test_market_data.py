@@ -18,6 +18,7 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from apps.api.schemas import OrderStatusOut
+from apps.cli.main import run as cli_run
 from apps.cli.orders import order_status_table
 from apps.market_data import build_service, serve, status_lines
 from engine.models import OrderResult
@@ -236,6 +237,11 @@ async def test_health_shows_per_account_and_one_alert_comes_when_ticks_stop_in_m
         await wait_until("LT subscribed", lambda: 2939649 in subscribed_tokens(engine, "md-quiet"))
         lines = await asyncio.to_thread(status_lines, engine.settings.model_copy(update=settings))
         assert f"account {account}: connected, 1 instruments subscribed" in "\n".join(lines)
+        # `engine market-data --status` prints the same lines.
+        printed = Console(width=200, record=True)
+        services = Services.assemble(engine.settings.model_copy(update=settings), engine.client, engine.store)
+        assert await cli_run(["market-data", "--status"], printed, services) == 0
+        assert f"account {account}: connected, 1 instruments subscribed" in printed.export_text()
 
         # The price stands still: no ticks (heartbeats only). One alert, however long it lasts.
         await wait_until("an alert", lambda: alerts)
