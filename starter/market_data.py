@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from engine.errors import DuplicateOrderError
 from engine.market_hours import IST
-from engine.models import RETRYABLE_OUTCOMES
+from engine.models import RETRYABLE_OUTCOMES, Outcome
 from starter.orders import OrderStarter
 from starter.stop_losses import Stop, StopIndex, watched
 from store import Store
@@ -519,10 +519,14 @@ class MarketDataService:
                         log.exception("market data: the stale-ticks alert could not be delivered")
 
 
+# An exit that ended so: the position (or its remainder) is still open, and the next crossing tick sells it.
+REARMING_OUTCOMES = RETRYABLE_OUTCOMES | {Outcome.PARTIALLY_FILLED}
+
+
 def _exit_ended_open(change: StrategyChange) -> bool:
-    """An exit order ended with nothing sold (rejected, cancelled, refused, failed): arm its stop again."""
+    """An exit order ended with the position still open (nothing or part sold): arm its stop again."""
     return (change.source == "order" and change.event_type == OrderEventType.ORDER_EXECUTED
-            and change.order_type in ("SELL", "SL_SELL") and change.outcome in RETRYABLE_OUTCOMES)
+            and change.order_type in ("SELL", "SL_SELL") and change.outcome in REARMING_OUTCOMES)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

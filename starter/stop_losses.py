@@ -28,9 +28,14 @@ def stop_loss_level(strategy: StrategyRecord) -> Decimal | None:
 
 
 def watched(strategy: StrategyRecord) -> bool:
-    """Whether a stop of this strategy can start an exit now: running, long, with a stop-loss level."""
-    return (strategy.status == StrategyStatus.RUNNING and strategy.open_quantity > 0
-            and stop_loss_level(strategy) is not None)
+    """Whether a stop of this strategy can start an exit: long, with a stop-loss level, and RUNNING, or
+    SL_TRIGGERED with no order in flight (a stop-loss that failed or sold only part: the rest must stay
+    reachable by the next trigger)."""
+    if strategy.open_quantity <= 0 or stop_loss_level(strategy) is None:
+        return False
+    if strategy.status == StrategyStatus.SL_TRIGGERED:
+        return strategy.active_order_workflow_id is None
+    return strategy.status == StrategyStatus.RUNNING
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,11 @@ class ChangesMixin(StoreBase):
             return [strategy_record(row) for row in rows]
 
     async def open_positions_with_stop_loss(self) -> list[StrategyRecord]:
-        """RUNNING strategies holding a position with a stop-loss set: what the market-data service watches."""
+        """Strategies holding a position with a stop-loss set, RUNNING or SL_TRIGGERED (a stop-loss that sold
+        only part, or failed): what the market-data service watches (`starter.stop_losses.watched`)."""
         query = (
             select(Strategy)
-            .where(Strategy.status == "RUNNING", Strategy.open_quantity > 0,
+            .where(Strategy.status.in_(("RUNNING", "SL_TRIGGERED")), Strategy.open_quantity > 0,
                    (Strategy.stop_loss_price.is_not(None)) | (Strategy.stop_loss_pct.is_not(None)))
             .order_by(Strategy.id)
         )

@@ -69,6 +69,15 @@ def test_a_moved_stop_replaces_the_old_level_and_an_unwatched_strategy_leaves() 
     assert 2 not in index and index.instrument_tokens() == set()
 
 
+def test_a_stop_that_sold_only_part_stays_watched_once_no_order_is_in_flight() -> None:
+    index = StopIndex()
+    index.put(long_position(1, status="SL_TRIGGERED"), 7)
+    assert 1 in index
+    in_flight = dataclasses.replace(long_position(1, status="SL_TRIGGERED"), active_order_workflow_id="order:1:1:exit")
+    index.put(in_flight, 7)
+    assert 1 not in index
+
+
 def test_a_fired_stop_stays_out_until_rearmed_or_a_new_position_cycle() -> None:
     index = StopIndex()
     index.put(long_position(1), 7)
