@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench paper-broker worker clean chaos lock
+.PHONY: venv demo test lint bench bench-ticks paper-broker worker market-data clean chaos lock
 
 # Installs are reproducible: the exact versions come from requirements-dev.lock (`make lock` rewrites it,
 # and requirements.lock for the image, from pyproject.toml).
@@ -32,6 +32,9 @@ chaos: venv
 bench: venv
 	$(PY) -m dev.bench
 
+bench-ticks: venv
+	$(PY) -m dev.bench_ticks
+
 paper-broker: venv
 	$(VENV)/bin/paper-broker --host 127.0.0.1 --port 8700
 
@@ -43,6 +46,9 @@ lock: venv
 	$(VENV)/bin/pip install -q uv
 	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 -q -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 -q -o requirements-dev.lock
+
+market-data: venv
+	$(VENV)/bin/engine market-data
 
 clean:
 	rm -rf $(VENV) data build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
 
+from apps.market_data import build_service as build_market_data
 from apps.worker import build_worker
 from brokers.factory import KiteBrokerFactory
 from brokers.paper.testing import PaperBrokerServer
@@ -32,7 +33,7 @@ from engine.events import EventBus
 from engine.models import OrderResult
 from engine.settings import DATA_DIR, Settings
 from engine.temporal import connect
-from starter.market_data import StopLossListener
+from starter.market_data import MarketDataService
 from starter.orders import OrderStarter
 from store import HistoryQuery, Store
 from store.records import StrategySpec
@@ -180,9 +181,16 @@ async def run_demo() -> int:
         events = EventBus()
         worker, _ = build_worker(client, store, settings, brokers=KiteBrokerFactory(settings), events=events)
         starter = OrderStarter(client, store, settings)
-        listener = StopLossListener(store, starter)
+        # The market-data service, as in production: stop-losses from the paper broker's ticker WebSocket.
+        market_data = build_market_data(settings.model_copy(update={"market_data_metrics_port": 0}), store, starter)
+        stop_market_data = asyncio.Event()
+        market_data_task = asyncio.create_task(market_data.run(stop_market_data))
         async with worker:
-            ok = await scenario(settings, store, paper, starter, listener)
+            try:
+                ok = await scenario(settings, store, paper, starter, market_data)
+            finally:
+                stop_market_data.set()
+                await market_data_task
             say()
             say("Where to look")
             namespace_url = f"{server.ui_url}/namespaces/default/workflows"
@@ -223,7 +231,7 @@ async def scenario(
     store: Store,
     paper: PaperBrokerServer,
     starter: OrderStarter,
-    listener: StopLossListener,
+    market_data: MarketDataService,
 ) -> bool:
     say()
     say("Scenario: a strategy buys RELIANCE; the price falls; the stop-loss sells")
@@ -248,12 +256,15 @@ async def scenario(
         show_result("BUY", buy)
         check(buy.filled_quantity == QUANTITY and buy.average_price == ENTRY_PRICE, "bought 10 at 2500.00")
 
-        say("2. the price falls; the stop-loss listener watches the paper broker's last price")
-        stop = asyncio.Event()
-        broker = KiteBrokerFactory(settings).for_credentials(api_key, token)
-        watching = asyncio.create_task(
-            listener.follow_prices(["RELIANCE"], lambda s: broker.last_price("NSE", s), 0.1, stop)
-        )
+        say("2. the market-data service arms the stop from the fill and subscribes on the paper broker's ticker")
+        for _ in range(200):
+            feed = market_data.feeds.get(account.id)
+            if strategy.id in market_data.index and feed is not None and feed.subscribed:
+                break
+            await asyncio.sleep(0.05)
+        check(strategy.id in market_data.index, f"the stop-loss of strategy {strategy.id} is armed in memory")
+        say(f"   {market_data.health_lines()[0]}")
+        say("   the price falls; every move streams a tick over the WebSocket")
         sl_result: OrderResult | None = None
         for price in FALLING_PRICES:
             paper.control.set_price("RELIANCE", str(price))
@@ -267,14 +278,16 @@ async def scenario(
             if current.position == "FLAT":
                 break
             await asyncio.sleep(0.1)
-        stop.set()
-        await watching
-        say("3. the listener triggered SL_SELL through place_sl_sell_order")
+        say("3. a tick crossed the stop: the service started SL_SELL through place_sl_sell_order")
         current = await store.get_strategy(strategy.id)
         exit_workflow_id = (current.last_order_workflow_id or "").split("/")[0]
         exit_handle = starter.client.get_workflow_handle(exit_workflow_id, result_type=OrderResult)
         sl_result = await exit_handle.result()
         show_result("SL_SELL", sl_result)
+        exit_order = await store.get_order(current.last_order_workflow_id or "")
+        say(f"   triggered by the tick at {exit_order.trigger_price} that arrived at {exit_order.trigger_tick_at}")
+        check(exit_order.trigger_tick_at is not None and exit_order.requested_by == "market-data",
+              "the SL_SELL came from a ticker tick, recorded on the order")
         check(sl_result.order_type.value == "SL_SELL", "the exit was a stop-loss order")
         check(sl_result.filled_quantity == QUANTITY, "sold all 10")
 

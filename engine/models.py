@@ -22,6 +22,8 @@ class OrderIntent(BaseModel):
     user_id: int
     order_type: OrderType
     trigger_price: Decimal | None = None
+    # A stop-loss from the ticker: when the tick that crossed the stop arrived (its price is trigger_price).
+    trigger_tick_at: datetime | None = None
     requested_by: str = "system"
     reason: str | None = None
     # Set only by the emergency stop and an operator's exit: a SELL of a STOPPED strategy's open position.

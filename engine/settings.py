@@ -88,6 +88,20 @@ class Settings(BaseSettings):
     broker_square_off_time: time = time(15, 20)
     reconcile_interval_minutes: int = Field(default=5, ge=1, le=60)
 
+    # Market data (docs/operations.md, "The market-data service"). KITE_TICKER_ROOT: Kite's ticker by
+    # default, the paper broker's (ws:// on KITE_ROOT's host) when KITE_ROOT is set.
+    kite_ticker_root: str | None = None
+    # How often the service reads new order and strategy events (one indexed query each).
+    market_data_poll_seconds: float = Field(default=0.25, gt=0)
+    # The instruments dump, fetched once a day, is kept here (one JSON file per IST date).
+    instruments_cache_dir: Path = DATA_DIR / "instruments"
+    # Longest wait between two reconnects of a ticker connection (the backoff doubles up to it).
+    market_data_reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    # During market hours, no tick for this long on a connection with subscriptions raises one alert.
+    market_data_stale_seconds: float = Field(default=60.0, gt=0)
+    # The service's Prometheus endpoint (/metrics); 0 turns it off.
+    market_data_metrics_port: int = Field(default=9466, ge=0, le=65535)
+
     # Alerts.
     alert_webhook_url: str | None = None
 

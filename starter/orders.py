@@ -8,6 +8,7 @@ of the same id while one runs, and after one that succeeded: a repeated trigger 
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from temporalio.client import Client, WorkflowHandle
@@ -60,15 +61,20 @@ class OrderStarter:
         strategy: StrategyRecord | int,
         trigger_price: Decimal,
         *,
+        trigger_tick_at: datetime | None = None,
         requested_by: str = "market-data",
         reason: str | None = None,
     ) -> OrderHandle:
+        """`trigger_price` and `trigger_tick_at`: the price and arrival time of the tick that crossed the stop."""
         if not isinstance(trigger_price, Decimal):
             raise TypeError(f"trigger_price must be a Decimal, got {type(trigger_price).__name__}")
+        if trigger_tick_at is not None and trigger_tick_at.tzinfo is None:
+            raise ValueError("trigger_tick_at must carry a time zone (e.g. datetime.now(UTC))")
         return await self.start_order(
             strategy,
             OrderType.SL_SELL,
             trigger_price=trigger_price,
+            trigger_tick_at=trigger_tick_at,
             requested_by=requested_by,
             reason=reason or f"stop-loss triggered at {trigger_price}",
         )
@@ -98,6 +104,7 @@ class OrderStarter:
         order_type: OrderType,
         *,
         trigger_price: Decimal | None = None,
+        trigger_tick_at: datetime | None = None,
         requested_by: str = "system",
         reason: str | None = None,
         exit_reason: ExitReason | None = None,
@@ -112,6 +119,7 @@ class OrderStarter:
             user_id=record.user_id,
             order_type=order_type,
             trigger_price=trigger_price,
+            trigger_tick_at=trigger_tick_at,
             requested_by=requested_by,
             reason=reason,
             exit_reason=exit_reason.value if exit_reason is not None else None,

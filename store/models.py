@@ -181,6 +181,8 @@ class Order(Base):
     applied_average_price: Mapped[Decimal | None] = mapped_column(ExactDecimal())
     # Why an exit was sent: SCHEDULED_EXIT, STOP_LOSS, MANUAL, SQUARE_OFF, BROKER_SQUARE_OFF.
     exit_reason: Mapped[str | None] = mapped_column(String(32))
+    # A stop-loss exit: when the tick that crossed the stop arrived (its price is trigger_price).
+    trigger_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -227,6 +229,18 @@ class OrderEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(json_document())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class StrategyEvent(Base):
+    """Append-only: a strategy's settings or status changed. What the market-data service follows by id."""
+
+    __tablename__ = "strategy_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    strategy_id: Mapped[int] = mapped_column(ForeignKey("strategies.id"))
+    event_type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(json_document())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ReconcileReportRow(Base):

@@ -97,6 +97,7 @@ def _checked_new_order(new: NewOrder) -> NewOrder:
         trigger_price=None if new.trigger_price is None else check.price(new.trigger_price, "trigger_price"),
         order_data=check.json_object(new.order_data, "order_data"),
         attempted_at=check.optional_aware_datetime(new.attempted_at, "attempted_at"),
+        trigger_tick_at=check.optional_aware_datetime(new.trigger_tick_at, "trigger_tick_at"),
     )
 
 
@@ -222,6 +223,7 @@ class OrdersMixin(StoreBase):
                     exchange=new.exchange,
                     tag=new.tag,
                     trigger_price=new.trigger_price,
+                    trigger_tick_at=new.trigger_tick_at,
                     requested_by=new.requested_by,
                     reason=new.reason,
                     exit_reason=new.exit_reason,

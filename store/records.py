@@ -72,6 +72,24 @@ class OrderEventType(StrEnum):
     ORDER_EXECUTED = "ORDER_EXECUTED"
 
 
+class StrategyEventType(StrEnum):
+    SETTINGS_CHANGED = "SETTINGS_CHANGED"
+    STATUS_CHANGED = "STATUS_CHANGED"
+
+
+@dataclass(frozen=True)
+class StrategyChange:
+    """One event that may change a strategy's stop-loss: from order_events (source "order") or
+    strategy_events (source "strategy"), with the id to follow each table by."""
+
+    source: str
+    id: int
+    strategy_id: int
+    event_type: str
+    order_type: str | None = None
+    outcome: str | None = None
+
+
 # Internal order statuses before the broker has reported one.
 ORDER_STATUS_NEW = "NEW"
 ORDER_STATUS_PLACED = "PLACED"
@@ -208,6 +226,8 @@ class NewOrder:
     attempted_at: datetime | None = None
     # An exit's reason (ExitReason); its order type's default when not given. None for a BUY.
     exit_reason: str | None = None
+    # A stop-loss exit: when the tick that crossed the stop arrived.
+    trigger_tick_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +262,7 @@ class OrderRecord:
     applied_quantity: int = 0
     applied_average_price: Decimal | None = None
     exit_reason: str | None = None
+    trigger_tick_at: datetime | None = None
 
     @property
     def is_finished(self) -> bool:

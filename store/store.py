@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from store.accounts import AccountsMixin
+from store.changes import ChangesMixin
 from store.history import HistoryMixin
 from store.orders import OrdersMixin
 from store.rate_limits import RateLimitsMixin
@@ -10,7 +11,8 @@ from store.reconcile import ReconcileMixin
 from store.strategies import StrategiesMixin
 
 
-class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin, RateLimitsMixin, ReconcileMixin):
+class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin, RateLimitsMixin, ReconcileMixin,
+            ChangesMixin):
     """Users and broker accounts, strategies, the order lifecycle and its audit trail.
 
     `await Store.connect(url, secret_key)`, then `await store.migrate()` once, `await store.close()`

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store import validation as check
 from store.base import StoreBase, strategy_record, utc_now
 from store.errors import AlreadyExists, InvalidInput
-from store.models import Strategy
-from store.records import PositionSide, StrategyRecord, StrategySpec, StrategyStatus
+from store.models import Strategy, StrategyEvent
+from store.records import PositionSide, StrategyEventType, StrategyRecord, StrategySpec, StrategyStatus
 
 EXCHANGES = frozenset({"NSE", "BSE", "NFO", "BFO", "CDS", "BCD", "MCX"})
 PRODUCTS = frozenset({"CNC", "MIS", "NRML", "MTF"})
@@ -79,6 +79,11 @@ def _check_config_consistent(config: dict[str, Any]) -> None:
     entry, exit_ = config.get("entry_time"), config.get("exit_time")
     if entry is not None and entry == exit_:
         raise InvalidInput(f"entry_time and exit_time are both {entry}; they must differ")
+
+
+def _strategy_event(strategy: Strategy, kind: StrategyEventType, data: dict[str, Any]) -> StrategyEvent:
+    """The change, for whoever follows strategy_events by id (the market-data service's stop-losses)."""
+    return StrategyEvent(strategy_id=strategy.id, event_type=kind, data=data, created_at=utc_now())
 
 
 class StrategiesMixin(StoreBase):
@@ -150,6 +155,7 @@ class StrategiesMixin(StoreBase):
                 setattr(strategy, name, value)
             strategy.last_action = f"settings changed: {', '.join(sorted(changed))}"
             strategy.updated_at = utc_now()
+            session.add(_strategy_event(strategy, StrategyEventType.SETTINGS_CHANGED, {"changed": sorted(changed)}))
             await session.flush()
             return strategy_record(strategy)
 
@@ -179,6 +185,8 @@ class StrategiesMixin(StoreBase):
             strategy.status = target
             strategy.last_action = f"status {current} -> {target}" + (f": {why}" if why else "")
             strategy.updated_at = now
+            change = {"from": str(current), "to": str(target)}
+            session.add(_strategy_event(strategy, StrategyEventType.STATUS_CHANGED, change))
             await session.flush()
             return strategy_record(strategy)
 
@@ -198,6 +206,8 @@ class StrategiesMixin(StoreBase):
             for strategy in strategies:
                 if strategy.status != StrategyStatus.STOPPED:
                     strategy.last_action = f"status {strategy.status} -> STOPPED: {why}"
+                    session.add(_strategy_event(strategy, StrategyEventType.STATUS_CHANGED,
+                                                {"from": str(strategy.status), "to": "STOPPED"}))
                     strategy.status = StrategyStatus.STOPPED
                     strategy.stop_reason, strategy.stopped_at = why, now
                     strategy.updated_at = now

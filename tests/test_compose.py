@@ -30,6 +30,7 @@ EXPECTED_SERVICES = {
     "prometheus",
     "migrate",
     "worker",
+    "market-data",
     "api",
     "codec-server",
 }
@@ -125,7 +126,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
 def test_engine_image_is_built_here_and_runs_the_right_commands(services: dict[str, dict[str, Any]]) -> None:
     engine = engine_services(services)
 
-    assert set(engine) == {"migrate", "worker", "api", "codec-server"}
+    assert set(engine) == {"migrate", "worker", "market-data", "api", "codec-server"}
     assert all(spec["build"]["context"] == "." for spec in engine.values())
     assert services["worker"]["command"] == ["python", "worker.py"]
     assert services["api"]["command"] == [
@@ -134,6 +135,7 @@ def test_engine_image_is_built_here_and_runs_the_right_commands(services: dict[s
     ]
     assert services["codec-server"]["command"][:2] == ["uvicorn", "apps.codec_server:app"]
     assert services["migrate"]["command"] == ["engine", "db", "upgrade"]
+    assert services["market-data"]["command"] == ["engine", "market-data"]
 
 
 @pytest.mark.parametrize(
@@ -142,6 +144,7 @@ def test_engine_image_is_built_here_and_runs_the_right_commands(services: dict[s
         ("worker", None, "worker.py"),
         ("apps.api.main", "app", "apps/api/main.py"),
         ("apps.codec_server", "app", "apps/codec_server.py"),
+        ("apps.market_data", "main", "apps/market_data.py"),
     ],
 )
 def test_service_entry_points_import(module: str, attribute: str | None, source: str) -> None:
@@ -165,7 +168,7 @@ def test_a_checkouts_alembic_ini_finds_the_packaged_migrations() -> None:
 
 def test_engine_services_get_only_settings_the_code_reads(services: dict[str, dict[str, Any]]) -> None:
     readable = settings_env_names() | TEMPORAL_CLIENT_ENV | CODEC_ENV
-    for name in ("worker", "api"):
+    for name in ("worker", "market-data", "api"):
         unknown = set(environment(services[name])) - readable
         assert not unknown, f"{name} gets variables no code reads: {sorted(unknown)}"
     assert set(environment(services["migrate"])) <= settings_env_names()
@@ -174,7 +177,7 @@ def test_engine_services_get_only_settings_the_code_reads(services: dict[str, di
 
 def test_every_required_setting_is_provided(services: dict[str, dict[str, Any]]) -> None:
     required_by_settings = {name.upper() for name, field in Settings.model_fields.items() if field.is_required()}
-    for name in ("worker", "api"):
+    for name in ("worker", "market-data", "api"):
         env = environment(services[name])
         missing = {key for key in REQUIRED_IN_PRODUCTION | required_by_settings if env.get(key) in (None, "")}
         assert not missing, f"{name} lacks {sorted(missing)}"
@@ -249,7 +252,7 @@ def test_dependencies_wait_for_health_and_finished_jobs(services: dict[str, dict
                 assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
             else:
                 assert services[dependency].get("restart") in {"no", "on-failure:5"}, f"{dependency} is a job"
-    for name in ("worker", "api"):
+    for name in ("worker", "market-data", "api"):
         assert services[name]["depends_on"] == {
             "migrate": {"condition": "service_completed_successfully"},
             "temporal-search-attributes": {"condition": "service_completed_successfully"},
@@ -261,11 +264,12 @@ def test_dependencies_wait_for_health_and_finished_jobs(services: dict[str, dict
 
 
 def test_long_running_services_have_healthchecks_or_are_watched(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("postgres", "temporal", "api", "codec-server", "prometheus"):
+    for name in ("postgres", "temporal", "api", "codec-server", "prometheus", "market-data"):
         assert services[name]["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
     for name, spec in services.items():
         if spec.get("restart") == "unless-stopped":
-            assert name in {"postgres", "temporal", "temporal-ui", "worker", "api", "codec-server", "prometheus"}
+            assert name in {"postgres", "temporal", "temporal-ui", "worker", "market-data", "api", "codec-server",
+                            "prometheus"}
 
 
 def test_temporal_runs_on_postgres_with_its_dynamic_config(services: dict[str, dict[str, Any]]) -> None:
@@ -357,8 +361,10 @@ def test_prometheus_scrapes_every_worker_replica(services: dict[str, dict[str, A
         job["job_name"]: (job["dns_sd_configs"][0]["names"], job["dns_sd_configs"][0]["port"])
         for job in config["scrape_configs"]
     }
-    assert targets == {"engine-worker": (["worker"], 9464), "temporal-sdk": (["worker"], 9465)}
+    assert targets == {"engine-worker": (["worker"], 9464), "temporal-sdk": (["worker"], 9465),
+                       "market-data": (["market-data"], 9466)}
     assert set(services["worker"]["expose"]) == {"9464", "9465"}
+    assert services["market-data"]["expose"] == [str(Settings.model_fields["market_data_metrics_port"].default)]
 
 
 @pytest.mark.parametrize("service", ["api", "codec-server"])
@@ -376,3 +382,16 @@ def test_http_services_log_json(services: dict[str, dict[str, Any]], service: st
     line = json.loads(done.stderr.strip().splitlines()[-1])
     assert (line["logger"], line["level"]) == ("uvicorn.access", "INFO")
     assert "GET /health" in line["message"]
+
+
+def test_the_market_data_service_runs_once_restarts_on_failure_and_logs_json(
+    services: dict[str, dict[str, Any]]
+) -> None:
+    market_data = services["market-data"]
+    env = environment(market_data)
+
+    assert "deploy" not in market_data, "one process: a second would open a second ticker connection per account"
+    assert market_data["restart"] == "unless-stopped"  # restarted when it fails (and after a reboot)
+    assert env["ENGINE_LOG_FORMAT"] == "json" and env["ENGINE_METRICS_HOST"] == "0.0.0.0"
+    assert env["ENGINE_INSTRUMENTS_CACHE_DIR"].startswith("/tmp/"), "the image's code is read-only to its user"
+    assert "9466" in " ".join(market_data["healthcheck"]["test"])

@@ -299,6 +299,9 @@ class RecordedOrderOut(BaseModel):
     filled_quantity: int
     average_price: MoneyOut | None
     trigger_price: MoneyOut | None
+    trigger_tick_at: datetime | None = Field(
+        default=None, description="a stop-loss from the ticker: when the tick at trigger_price arrived"
+    )
     outcome: str | None
     requested_by: str
     reason: str | None
@@ -341,7 +344,8 @@ class OrderStatusOut(BaseModel):
             recorded = RecordedOrderOut(
                 status=order.status, broker_order_id=order.broker_order_id, tag=order.tag, quantity=order.quantity,
                 filled_quantity=order.filled_quantity, average_price=order.average_price,
-                trigger_price=order.trigger_price, outcome=order.outcome, requested_by=order.requested_by,
+                trigger_price=order.trigger_price, trigger_tick_at=order.trigger_tick_at, outcome=order.outcome,
+                requested_by=order.requested_by,
                 reason=order.reason, placed_at=order.placed_at, completed_at=order.completed_at,
                 exit_reason=order.exit_reason,
             )

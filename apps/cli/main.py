@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from apps.cli import accounts, control, database, orders, reconcile, strategies
+from apps.cli import accounts, control, database, market_data, orders, reconcile, strategies
 from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, SCHEMA_BEHIND, UNAVAILABLE, Cli, Command, print_json
 from engine.errors import DuplicateOrderError
 from engine.settings import Settings
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="engine", description="Operate the order execution engine (Temporal + Kite)."
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    for group in (strategies, orders, control, accounts, reconcile, database):
+    for group in (strategies, orders, control, accounts, reconcile, database, market_data):
         group.add_commands(groups)
     for command in _leaves(parser):
         command.add_argument("--json", action="store_true", help="print one JSON document (docs/cli.md)")

@@ -28,6 +28,14 @@ from starter.deps import OrderStatus, TemporalUnavailable, split_order_key, temp
 from store.records import HistoryQuery
 
 
+def _trigger_tick(report: OrderStatus) -> str | None:
+    """A stop-loss's trigger: the tick's price, and when it arrived (ticker-triggered ones only)."""
+    order = report.order
+    if order is None or order.trigger_price is None:
+        return None
+    return f"{order.trigger_price}" + (f" at {order.trigger_tick_at}" if order.trigger_tick_at else "")
+
+
 def order_status_table(report: OrderStatus) -> Table:
     return pairs_table(
         f"Order {report.workflow_id}",
@@ -36,6 +44,7 @@ def order_status_table(report: OrderStatus) -> Table:
             ("strategy", report.strategy_id),
             ("type", report.order_type),
             ("exit reason", report.order.exit_reason if report.order is not None else None),
+            ("trigger tick", _trigger_tick(report)),
             ("stage", report.stage),
             ("outcome", report.outcome),
             ("broker order", report.broker_order_id),
