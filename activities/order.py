@@ -59,6 +59,9 @@ STALE_STATE_GRACE = timedelta(seconds=30)
 # The longest wait between order-book polls of a follower while the polls fail.
 FAILED_POLL_BACKOFF_MAX = 5.0
 CREDENTIALS_TTL_SECONDS = 30.0
+# An exit whose account is logged out waits for the next login, asking the store this often.
+LOGIN_POLL_SECONDS = 2.0
+LOGIN_WAIT_ROUND_SECONDS = 60.0
 
 
 class BrokerFactory(Protocol):
@@ -152,16 +155,48 @@ class OrderActivities:
             try:
                 credentials = await self.store.broker_credentials(account_id)
             except CredentialsMissing as missing:
-                raise ApplicationError(str(missing), type=errors.SESSION_EXPIRED, non_retryable=True) from None
+                raise await self._login_needed(account_id, str(missing), log_out=False) from None
             cached = self._credentials[account_id] = (time.monotonic(), credentials)
         credentials = cached[1]
         return self.brokers.for_credentials(credentials.api_key, credentials.access_token)
 
-    async def _renewed_broker(self, account_id: int, expired: Broker) -> Broker | None:
+    async def _renewed_broker(self, account_id: int, expired: Broker) -> Broker:
         """After a TokenException: a client on a newer token, if the store has one (the kept one was
-        stale); None if the store's token is the one that expired: a person must log in again."""
+        stale); None if the store's token is the one that expired: the account is then logged out, and a
+        person must log in again."""
         renewed = await self._broker(account_id, renew=True)
-        return None if renewed is expired else renewed
+        if renewed is not expired:
+            return renewed
+        raise await self._login_needed(account_id, "Kite refused the day's access token", log_out=True)
+
+    async def _login_needed(self, account_id: int, reason: str, *, log_out: bool) -> ApplicationError:
+        """The account has no usable token: logged out (after Kite's TokenException), and told once.
+        The failure's details say whether this is the first notice since the last login, so that the
+        order workflow sends the one alert "log in to Kite for account N", not one per order."""
+        self._credentials.pop(account_id, None)
+        if log_out:
+            await self.store.log_out(account_id, reason)
+        first = await self.store.note_login_needed(account_id)
+        return ApplicationError(
+            f"log in to Kite for account {account_id}: {reason}", {"account_id": account_id, "first_notice": first},
+            type=errors.SESSION_EXPIRED, non_retryable=True,
+        )
+
+    @activity.defn(name="wait_for_login")
+    async def wait_for_login(self, account_id: int) -> bool:
+        """Whether the account is logged in again, checked every few seconds for up to a minute (the
+        workflow asks again, so that a cancel is heard between rounds)."""
+        deadline = time.monotonic() + LOGIN_WAIT_ROUND_SECONDS
+        while True:
+            try:
+                await self.store.broker_credentials(account_id)
+                return True
+            except CredentialsMissing:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            activity.heartbeat()
+            await asyncio.sleep(LOGIN_POLL_SECONDS)
 
     # 1 + 2. Validate and record the attempt, under the strategy's row lock.
 
@@ -335,10 +370,12 @@ class OrderActivities:
             try:
                 order_id = await broker.place_order(order_request)
             except SessionExpiredError:
-                renewed = await self._renewed_broker(ticket.broker_account_id, broker)
-                if renewed is None:
+                try:
+                    renewed = await self._renewed_broker(ticket.broker_account_id, broker)
+                except ApplicationError:
+                    await self.store.set_placement_started(ticket.order_key, None)  # a TokenException placed nothing
                     raise
-                order_id = await renewed.place_order(order_request)  # a TokenException placed nothing
+                order_id = await renewed.place_order(order_request)
         except BrokerError as error:
             if not _may_have_placed(error):
                 await self.store.set_placement_started(ticket.order_key, None)
@@ -416,9 +453,8 @@ class OrderActivities:
                     if misses >= 3:  # not in the book snapshot yet: ask for the order itself
                         order = await broker.order_status(request.broker_order_id)
                 fresh, failures = order is not None, 0
-            except SessionExpiredError as expired:
-                if await self._renewed_broker(ticket.broker_account_id, broker) is None:
-                    raise broker_failure(expired, sent_at=None, window=0) from None
+            except SessionExpiredError:
+                await self._renewed_broker(ticket.broker_account_id, broker)  # raises when logged out
                 version, failures = self.watcher.version(account), failures + 1
                 continue
             except DefinitiveBrokerError as refused:
@@ -526,8 +562,6 @@ class OrderActivities:
                 await broker.cancel_order(request.broker_order_id)
             except SessionExpiredError:
                 renewed = await self._renewed_broker(request.ticket.broker_account_id, broker)
-                if renewed is None:
-                    raise
                 await renewed.cancel_order(request.broker_order_id)
         except (SessionExpiredError, RateLimitedError, AmbiguousBrokerError) as error:
             raise broker_failure(error, sent_at=None, window=0) from None

@@ -67,6 +67,7 @@ class WorkerParts:
             orders.finish_order,
             orders.sweep_twins,
             orders.finish_twin,
+            orders.wait_for_login,
             alerts.log_alert,
             control.stop_strategies,
             control.pause_schedules,

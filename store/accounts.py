@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from secrets import token_hex, token_urlsafe
 
 from sqlalchemy import select
@@ -41,7 +41,19 @@ def _account_record(row: BrokerAccount) -> BrokerAccountRecord:
         token_expires_at=row.token_expires_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        token_issued_at=row.token_issued_at,
+        broker_user_id=row.broker_user_id,
+        logged_out_at=row.logged_out_at,
+        logged_out_reason=row.logged_out_reason,
     )
+
+
+# A login started by `engine accounts login` (or the API) must come back within this long.
+LOGIN_NONCE_LIFETIME = timedelta(minutes=10)
+
+
+def _hash_nonce(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
 
 
 class AccountsMixin(StoreBase):
@@ -134,6 +146,87 @@ class AccountsMixin(StoreBase):
             account.updated_at = utc_now()
             await session.flush()
             return _account_record(account)
+
+    async def list_broker_accounts(self, user_id: int | None = None) -> list[BrokerAccountRecord]:
+        query = select(BrokerAccount).order_by(BrokerAccount.id)
+        if user_id is not None:
+            query = query.where(BrokerAccount.user_id == user_id)
+        async with self._read() as session:
+            return [_account_record(row) for row in await session.scalars(query)]
+
+    async def start_login(self, account_id: int) -> str:
+        """A one-time nonce for a login through the browser: the redirect must bring it back (Kite
+        echoes it from the login URL's `redirect_params`). A new login replaces an unfinished one."""
+        nonce = token_urlsafe(24)
+        async with self._write() as session:
+            account = await self._account_row(session, account_id, lock=True)
+            account.login_nonce_hash = _hash_nonce(nonce)
+            account.login_nonce_expires_at = utc_now() + LOGIN_NONCE_LIFETIME
+            await session.flush()
+        return nonce
+
+    async def check_login_nonce(self, account_id: int, nonce: str | None) -> None:
+        """InvalidInput unless `nonce` is the account's login in progress, within its lifetime."""
+        async with self._read() as session:
+            account = await self._account_row(session, account_id)
+        expected, until = account.login_nonce_hash, account.login_nonce_expires_at
+        if not nonce or expected is None or not hmac.compare_digest(expected, _hash_nonce(nonce)):
+            raise InvalidInput(
+                f"this login of account {account_id} was not started here, or was finished already: "
+                f"run `engine accounts login {account_id}` and use the URL it prints"
+            )
+        if until is None or until <= utc_now():
+            raise InvalidInput(
+                f"this login of account {account_id} is older than {LOGIN_NONCE_LIFETIME.seconds // 60} minutes: "
+                f"run `engine accounts login {account_id}` again"
+            )
+
+    async def complete_login(
+        self, account_id: int, *, access_token: str, broker_user_id: str, issued_at: datetime, expires_at: datetime
+    ) -> BrokerAccountRecord:
+        """Store the day's token of a finished login. The first login binds the account to its Kite
+        user; a later login as another Kite user is refused, so nobody can put their own session in
+        someone else's account."""
+        plain_token = check.secret_text(access_token, "access_token")
+        user_id = check.text(broker_user_id, "broker_user_id", max_length=32)
+        async with self._write() as session:
+            account = await self._account_row(session, account_id, lock=True)
+            if account.broker_user_id is not None and account.broker_user_id != user_id:
+                raise InvalidInput(
+                    f"account {account_id} belongs to Kite user {account.broker_user_id}; "
+                    f"the login was Kite user {user_id}: log in as {account.broker_user_id}"
+                )
+            account.access_token_encrypted = self._secret_box.encrypt(plain_token)
+            account.token_issued_at = issued_at
+            account.token_expires_at = expires_at
+            account.broker_user_id = user_id
+            account.login_nonce_hash = account.login_nonce_expires_at = None
+            account.logged_out_at = account.logged_out_reason = account.login_alerted_at = None
+            account.updated_at = utc_now()
+            await session.flush()
+            return _account_record(account)
+
+    async def log_out(self, account_id: int, reason: str) -> BrokerAccountRecord:
+        """Forget the account's token (it expired, Kite refused it, or an operator logged out)."""
+        async with self._write() as session:
+            account = await self._account_row(session, account_id, lock=True)
+            if account.access_token_encrypted is not None or account.logged_out_at is None:
+                account.access_token_encrypted = None
+                account.logged_out_at = utc_now()
+                account.logged_out_reason = reason[:300]
+                account.updated_at = utc_now()
+            await session.flush()
+            return _account_record(account)
+
+    async def note_login_needed(self, account_id: int) -> bool:
+        """True the first time since the last login: the one alert "log in to Kite" is sent then."""
+        async with self._write() as session:
+            account = await self._account_row(session, account_id, lock=True)
+            if account.login_alerted_at is not None:
+                return False
+            account.login_alerted_at = utc_now()
+            await session.flush()
+            return True
 
     async def broker_credentials(self, account_id: int) -> BrokerCredentials:
         """The api key and today's token; CredentialsMissing if there is none or it has expired."""

@@ -86,7 +86,10 @@ class CredentialsMissing(StoreError):
     """The broker account has no usable access token: a person must log in to the broker again."""
 
     def __init__(self, account_id: int, why: str):
-        super().__init__(f"broker account {account_id} {why}; log in to the broker and store the new token")
+        super().__init__(
+            f"broker account {account_id} {why}: log in to Kite for account {account_id} "
+            f"(`engine accounts login {account_id}`)"
+        )
         self.account_id = account_id
 
 

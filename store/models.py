@@ -67,6 +67,14 @@ class BrokerAccount(Base):
     token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The daily login (docs/deployment.md, "Each morning").
+    token_issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    broker_user_id: Mapped[str | None] = mapped_column(String(32))
+    login_nonce_hash: Mapped[str | None] = mapped_column(String(64))
+    login_nonce_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    logged_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    logged_out_reason: Mapped[str | None] = mapped_column(String(300))
+    login_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Strategy(Base):

@@ -115,6 +115,14 @@ class BrokerAccountRecord:
     token_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    token_issued_at: datetime | None = None
+    broker_user_id: str | None = None
+    logged_out_at: datetime | None = None
+    logged_out_reason: str | None = None
+
+    def logged_in_at(self, now: datetime) -> bool:
+        """Whether the account holds a token that has not expired at `now`."""
+        return self.has_access_token and (self.token_expires_at is None or self.token_expires_at > now)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,25 @@ def _cause(error: BaseException) -> ApplicationError | None:
     return cause if isinstance(cause, ApplicationError) else None
 
 
+def _logged_out(error: FailureError | None) -> bool:
+    """The account has no usable Kite token (expired, or refused by Kite): nothing was sent."""
+    cause = _cause(error) if error is not None else None
+    return cause is not None and cause.type == errors.SESSION_EXPIRED
+
+
+def _first_notice(error: FailureError | None) -> bool:
+    """Whether this failure is the account's first "log in to Kite" since its last login."""
+    cause = _cause(error) if error is not None else None
+    if cause is None or not cause.details or not isinstance(cause.details[0], dict):
+        return True
+    return bool(cause.details[0].get("first_notice", True))
+
+
+def _cause_message(error: FailureError | None) -> str:
+    cause = _cause(error) if error is not None else None
+    return cause.message if cause is not None else "the account is logged out"
+
+
 def _entry_stopped(error: FailureError | None) -> bool:
     """The strategy was stopped before this entry left: nothing was sent."""
     cause = _cause(error) if error is not None else None
@@ -218,10 +237,19 @@ class OrderWorkflow:
             except FailureError as refused:
                 return await self._end_unplaced(key, None, Outcome.INVALID, refused)
         self._ticket = ticket
+        is_exit = intent.order_type is not OrderType.BUY
+        if placement is None and is_exit and _logged_out(first_failure):
+            placement = await self._place_after_login(ticket, first_failure)
+            if placement is None:
+                failure = self._placement_failure or first_failure
+                outcome = Outcome.CANCELLED if self._cancel_requested else Outcome.FAILED
+                return await self._end_unplaced(key, ticket, outcome, None if self._cancel_requested else failure)
         if placement is None:
             cause = _cause(first_failure) if first_failure is not None else None
             if cause is not None and cause.type in (errors.BROKER_REFUSED, errors.SESSION_EXPIRED):
-                return await self._end_unplaced(key, ticket, Outcome.FAILED, first_failure)
+                # An entry of a logged-out account is refused: nothing was sent, and nothing needs a person.
+                unplaced = Outcome.INVALID if _logged_out(first_failure) else Outcome.FAILED
+                return await self._end_unplaced(key, ticket, unplaced, first_failure)
             if self._cancel_requested or _entry_stopped(first_failure):
                 # The first attempt may have reached the broker: its tag is looked up before anything ends.
                 placement = await self._find_placed(ticket)
@@ -230,9 +258,13 @@ class OrderWorkflow:
                     return await self._end_unplaced(key, ticket, Outcome.CANCELLED, why)
             else:
                 placement = await self._place_with_retries(ticket)
+                if placement is None and is_exit and _logged_out(self._placement_failure):
+                    placement = await self._place_after_login(ticket, self._placement_failure)
             if placement is None:
                 failure = self._placement_failure
                 outcome = Outcome.CANCELLED if _entry_stopped(failure) else Outcome.FAILED
+                if _logged_out(failure) and not is_exit:
+                    outcome = Outcome.INVALID
                 return await self._end_unplaced(key, ticket, outcome, failure)
         self._broker_order_id = placement.broker_order_id
         self._placement = placement
@@ -268,6 +300,39 @@ class OrderWorkflow:
                 return None
         # The last attempt's outcome may be unknown: nothing ends until the order book has been asked.
         return await self._find_placed(ticket)
+
+    async def _place_after_login(self, ticket: OrderTicket, failure: FailureError | None) -> Placement | None:
+        """An exit of an account Kite logged out (or whose token expired) is not given up: it waits for
+        the next login, then is sent (a TokenException placed nothing). None when cancelled meanwhile,
+        or when placing fails otherwise after a login."""
+        account_id = ticket.broker_account_id
+        while _logged_out(failure) and not self._cancel_requested:
+            if _first_notice(failure):
+                await self._alert(AlertLevel.CRITICAL, f"log in to Kite for account {account_id}",
+                                  f"{_cause_message(failure)}; this exit is sent after the next login, entries "
+                                  "are refused until then")
+            self._set_stage(f"waiting for a Kite login of account {account_id}")
+            while not self._cancel_requested:
+                waiting = workflow.start_activity_method(
+                    OrderActivities.wait_for_login, account_id,
+                    start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=timedelta(seconds=20),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                    cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                )
+                await workflow.wait_condition(lambda: waiting.done() or self._cancel_requested)  # noqa: B023
+                if not waiting.done():
+                    waiting.cancel()
+                    return None
+                if waiting.result():
+                    break
+            if self._cancel_requested:
+                return None
+            self._placement_failure = None
+            placement = await self._place_with_retries(ticket)
+            if placement is not None:
+                return placement
+            failure = self._placement_failure
+        return None
 
     async def _find_placed(self, ticket: OrderTicket) -> Placement | None:
         """The order an earlier attempt placed, looked up by tag once its request's window has passed;
@@ -409,7 +474,12 @@ class OrderWorkflow:
         result = self._result_of(key, outcome, ticket, None, message, needs_intervention)
         if ticket is not None:
             await self._finish(key, ticket, result, None, message if needs_intervention else None, error=message)
-        if outcome is not Outcome.CANCELLED:
+        if _logged_out(error):
+            if _first_notice(error):  # one alert per account until its next login, not one per order
+                account = cause.details[0].get("account_id") if cause is not None and cause.details else None
+                await self._alert(AlertLevel.CRITICAL, f"log in to Kite for account {account}",
+                                  f"{message}; entries are refused until then")
+        elif outcome is not Outcome.CANCELLED:
             level = AlertLevel.CRITICAL if is_exit and ticket is not None else AlertLevel.WARNING
             await self._alert(level, f"{intent.order_type} order {outcome.value.lower()}", message)
         return self._conclude(result)

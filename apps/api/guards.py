@@ -7,6 +7,7 @@ shown a valid API key.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict, deque
 
@@ -32,8 +33,13 @@ SECURITY_HEADERS = {
 }
 
 
+# Kite's login redirect comes from the trader's browser, which holds no API key: the login's one-time
+# nonce is what identifies it (apps/api/routers/kite.py).
+KITE_REDIRECT = re.compile(r"/kite/login/[0-9]{1,18}/redirect")
+
+
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/")
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/") or KITE_REDIRECT.fullmatch(path) is not None
 
 
 class FailedAuthentications:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from brokers.paper import render
 from brokers.paper.accounts import Account
-from brokers.paper.clock import kite_time, now_ist
+from brokers.paper.clock import kite_time
 from brokers.paper.connections import DroppedConnection
 from brokers.paper.errors import GeneralError, InputError, KiteError, OrderError, RateLimitError, TokenError
 from brokers.paper.faults import ERROR_KINDS, ORDER_ROUTES, Fault
@@ -186,7 +186,7 @@ class KiteApi:
         account, token = self.exchange.login(
             form.get("api_key", ""), form.get("request_token", ""), form.get("checksum", "")
         )
-        return render.session_json(account, token, kite_time(now_ist()) or "")
+        return render.session_json(account, token, kite_time(self.exchange.clock.now()) or "")
 
     def delete_session(self, call: Call) -> bool:
         self.exchange.invalidate_token(call.user.api_key, call.form.get("access_token", ""))
