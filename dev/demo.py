@@ -19,11 +19,15 @@ import socket
 import sys
 import time as time_module
 import uuid
-from datetime import time
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
+from temporalio.client import Client
+
+from apps.api.main import create_app
 from apps.market_data import build_service as build_market_data
 from apps.worker import build_worker
 from brokers.factory import KiteBrokerFactory
@@ -33,6 +37,7 @@ from engine.events import EventBus
 from engine.models import OrderResult
 from engine.settings import DATA_DIR, Settings
 from engine.temporal import connect
+from starter.logins import AccountLogins
 from starter.market_data import MarketDataService
 from starter.orders import OrderStarter
 from store import HistoryQuery, Store
@@ -42,6 +47,8 @@ ENTRY_PRICE = Decimal("2500.00")
 FALLING_PRICES = [Decimal("2480.00"), Decimal("2455.50"), Decimal("2438.25")]
 STOP_LOSS = Decimal("2450.00")
 QUANTITY = 10
+# Where the HTTP API serves Kite's login redirect (`uvicorn apps.api.main:app`'s default address).
+DEMO_API_URL = "http://127.0.0.1:8000"
 
 
 # Fixed, printed ports (README); DEMO_*_PORT moves one when another program holds it.
@@ -187,7 +194,7 @@ async def run_demo() -> int:
         market_data_task = asyncio.create_task(market_data.run(stop_market_data))
         async with worker:
             try:
-                ok = await scenario(settings, store, paper, starter, market_data)
+                ok = await scenario(settings, store, paper, starter, market_data, client)
             finally:
                 stop_market_data.set()
                 await market_data_task
@@ -213,6 +220,27 @@ async def run_demo() -> int:
         await tear_down(store, paper, server)
 
 
+async def login_via_redirect(
+    settings: Settings, store: Store, client: Client, paper: PaperBrokerServer, account_id: int, api_key: str
+) -> bool:
+    """The morning's login, as a trader does it: the login URL, Kite's page (the paper broker's), and
+    the redirect to the engine's API, which exchanges the request token (answered in-process here)."""
+    redirect = f"{DEMO_API_URL}/kite/login/{account_id}/redirect"
+    paper.control.register_redirect(api_key, redirect)  # what the Kite developer console holds
+    url = await AccountLogins(store, settings).login_url(account_id)
+    say(f"0. log in to Kite: {url}")
+    location = paper.control.log_in(url)
+    say(f"   Kite's login page sends the browser to {location.split('?')[0]}?request_token=…")
+    app = create_app(settings, client, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=DEMO_API_URL) as api:
+        page = await api.get(location)
+    account = await store.get_broker_account(account_id)
+    logged_in = page.status_code == 200 and account.logged_in_at(datetime.now(UTC))
+    check(logged_in, f"broker account {account_id} logged in as {account.broker_user_id} "
+                     f"until {account.token_expires_at:%Y-%m-%d %H:%M} UTC" if logged_in else page.text)
+    return logged_in
+
+
 async def tear_down(store: Store | None, paper: PaperBrokerServer, server: DevServer) -> None:
     """Each part stopped on its own: one that fails to stop does not keep the others running."""
     try:
@@ -232,16 +260,16 @@ async def scenario(
     paper: PaperBrokerServer,
     starter: OrderStarter,
     market_data: MarketDataService,
+    client: Client,
 ) -> bool:
     say()
     say("Scenario: a strategy buys RELIANCE; the price falls; the stop-loss sells")
     run = uuid.uuid4().hex[:6]
     user, _ = await store.create_user(f"demo-{run}")
     api_key = f"demo{run}"
-    token = paper.login(api_key)
-    account = await store.add_broker_account(
-        user.id, broker="kite", api_key=api_key, api_secret="paper-secret", access_token=token
-    )
+    account = await store.add_broker_account(user.id, broker="kite", api_key=api_key, api_secret="paper-secret")
+    if not await login_via_redirect(settings, store, client, paper, account.id, api_key):
+        return False
     strategy = await store.create_strategy(
         StrategySpec(
             user_id=user.id, broker_account_id=account.id, name=f"reliance-intraday-{run}", symbol="RELIANCE",
