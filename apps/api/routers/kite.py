@@ -68,8 +68,19 @@ async def start_login(account_id: AccountIdPath, services: ServicesDep, user: Us
     return LoginStarted(account_id=account_id, login_url=url)
 
 
-@router.get("/kite/login/{account_id}/redirect", response_class=HTMLResponse, include_in_schema=True,
-            summary="Kite's login redirect (register it in the Kite developer console); answers a page")
+HTML_PAGE = {"text/html": {"schema": {"type": "string"}}}
+
+
+@router.get(
+    "/kite/login/{account_id}/redirect", response_class=HTMLResponse,
+    summary="Kite's login redirect (register it in the Kite developer console); answers a page",
+    responses={
+        **ERROR_RESPONSES,
+        200: {"description": "the account is logged in", "content": HTML_PAGE},
+        400: {"description": "the login was refused; the page says what to do", "content": HTML_PAGE},
+        404: {"description": "no such broker account", "content": HTML_PAGE},
+    },
+)
 async def login_redirect(
     account_id: AccountIdPath, services: ServicesDep,
     request_token: TokenQuery = "", nonce: TokenQuery = "", status_: Annotated[str, Query(alias="status")] = "",
