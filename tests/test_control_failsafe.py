@@ -136,7 +136,7 @@ async def test_a_failing_webhook_is_retried_without_holding_the_order_back(
     assert webhook.attempts() == 3 and len(webhook.delivered()) == 1
 
 
-async def test_an_expired_session_fails_fast_with_one_alert_and_no_retry_storm(
+async def test_an_expired_session_refuses_the_entry_with_one_alert_and_no_retry_storm(
     alerting_engine: Engine, webhook: WebhookRecorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = alerting_engine
@@ -146,17 +146,18 @@ async def test_an_expired_session_fails_fast_with_one_alert_and_no_retry_storm(
 
     failure = await failure_of(await engine.starter.place_buy_order(strategy))
     await wait_until(lambda: webhook.delivered(), "the alert at the webhook")
+    again = await failure_of(await engine.starter.place_buy_order(strategy))  # the next trigger of the entry
 
-    assert failure.type == Outcome.FAILED.value and "re-login needed" in failure.message
+    account_id = strategy.broker_account_id
+    assert failure.type == Outcome.INVALID.value and f"log in to Kite for account {account_id}" in failure.message
+    assert again.type == Outcome.INVALID.value
     requests = [r for r in engine.paper.control.requests() if r["api_key"] == "expiring"]
-    assert len(requests) <= 2, requests  # one refused placement, no retries
-    [logged] = alert_logs(caplog)
-    assert "re-login needed" in logged.getMessage()
+    assert len(requests) <= 2, requests  # one refused placement, no retries; the second sent nothing
+    [logged] = alert_logs(caplog)  # one alert, not one per order
+    assert f"log in to Kite for account {account_id}" in logged.getMessage()
     [alert] = webhook.delivered()
-    assert "re-login needed" in alert["message"]
-    flagged = await list_interventions(engine.store, strategy.user_id)
-    assert [s.id for s in flagged] == [strategy.id]
-    assert flagged[0].intervention_reason is not None and "re-login needed" in flagged[0].intervention_reason
+    assert "Kite refused the day's access token" in alert["message"]
+    assert await list_interventions(engine.store, strategy.user_id) == []  # a login is all it needs
 
 
 async def test_manual_intervention_is_listed_until_a_person_clears_it(engine: Engine) -> None:

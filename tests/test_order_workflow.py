@@ -259,7 +259,7 @@ async def test_an_order_the_engine_loses_track_of_is_unresolved_and_asks_for_a_p
     result = await handle.result()
 
     assert result.outcome is Outcome.UNRESOLVED and result.needs_intervention
-    assert "re-login needed" in str((await engine.store.get_strategy(strategy.id)).intervention_reason)
+    assert "log in to Kite for account" in str((await engine.store.get_strategy(strategy.id)).intervention_reason)
     record = await engine.store.get_order(result.order_key)
     assert record.outcome == "ERROR"
     with pytest.raises(DuplicateOrderError):  # the order may still be live: the intent is not retried

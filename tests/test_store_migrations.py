@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,12 +15,12 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from store import InvalidInput, Store, StrategySpec
+from store import InvalidInput, Store
 from store import migrate as migrations
-from store.models import Base
+from store.models import Base, BrokerAccount, Strategy
 from tests.fixtures.db import (
     FILLED_AT,
     PG_HOST,
@@ -95,15 +96,18 @@ async def test_upgrade_from_the_previous_revision_keeps_the_data(empty_store: St
     assert await migrations.current_revision(store.engine) == "0001"
     assert await tables(store.engine) == ACCOUNT_TABLES
 
+    # Written as that revision's code wrote them: only the columns it has.
     user, api_key = await store.create_user("alice")
-    account = await store.add_broker_account(user.id, api_key="k", api_secret="s", access_token="t")
-    strategy = await store.create_strategy(
-        StrategySpec(user.id, account.id, "intraday", "RELIANCE", 10, stop_loss_price=Decimal("2400.05"))
-    )
+    account_id, strategy_id = await account_and_strategy_at_0001(store, user.id)
 
     await store.migrate()
     assert await migrations.current_revision(store.engine) == migrations.head_revision()
-    assert await store.get_strategy(strategy.id) == strategy
+    account = await store.get_broker_account(account_id)
+    assert (account.user_id, account.has_access_token, account.broker_user_id) == (user.id, True, None)
+    strategy = await store.get_strategy(strategy_id)
+    assert (strategy.name, strategy.symbol, strategy.quantity, strategy.stop_loss_price, strategy.status) == (
+        "intraday", "RELIANCE", 10, Decimal("2400.05"), "STOPPED"
+    )
     # A status change writes a strategy event (0006's table): started only once the schema has it.
     strategy = await store.set_strategy_status(strategy.id, "RUNNING")
     assert await store.user_by_api_key(api_key) == user
@@ -111,6 +115,24 @@ async def test_upgrade_from_the_previous_revision_keeps_the_data(empty_store: St
     order = await store.begin_order(new_order(strategy), accept)
     await store.finish_order(order.workflow_id, "FAILED", "REJECTED", {}, "test", FILLED_AT)
     assert (await store.get_order(order.workflow_id)).outcome == "FAILED"
+
+
+async def account_and_strategy_at_0001(store: Store, user_id: int) -> tuple[int, int]:
+    """A broker account and a strategy as 0001 holds them: only the columns of that revision."""
+    box, now = store._secret_box, datetime.now(UTC)
+    accounts, strategies = BrokerAccount.__table__, Strategy.__table__
+    async with store.engine.begin() as connection:
+        account_id = (await connection.execute(insert(accounts).values(
+            user_id=user_id, broker="kite", api_key_encrypted=box.encrypt("k"), api_secret_encrypted=box.encrypt("s"),
+            access_token_encrypted=box.encrypt("t"), created_at=now, updated_at=now,
+        ).returning(accounts.c.id))).scalar_one()
+        strategy_id = (await connection.execute(insert(strategies).values(
+            user_id=user_id, broker_account_id=account_id, name="intraday", symbol="RELIANCE", exchange="NSE",
+            quantity=10, product="MIS", stop_loss_price=Decimal("2400.05"), status="STOPPED", position="FLAT",
+            open_quantity=0, realized_pnl=Decimal("0"), position_cycle=1, sl_triggered=False,
+            needs_intervention=False, version=1, created_at=now, updated_at=now,
+        ).returning(strategies.c.id))).scalar_one()
+    return account_id, strategy_id
 
 
 async def test_downgrade_then_upgrade_again(empty_store: Store) -> None:
