@@ -120,18 +120,17 @@ async def test_upgrade_from_the_previous_revision_keeps_the_data(empty_store: St
 async def account_and_strategy_at_0001(store: Store, user_id: int) -> tuple[int, int]:
     """A broker account and a strategy as 0001 holds them: only the columns of that revision."""
     box, now = store._secret_box, datetime.now(UTC)
-    accounts, strategies = BrokerAccount.__table__, Strategy.__table__
     async with store.engine.begin() as connection:
-        account_id = (await connection.execute(insert(accounts).values(
+        account_id = (await connection.execute(insert(BrokerAccount).values(
             user_id=user_id, broker="kite", api_key_encrypted=box.encrypt("k"), api_secret_encrypted=box.encrypt("s"),
             access_token_encrypted=box.encrypt("t"), created_at=now, updated_at=now,
-        ).returning(accounts.c.id))).scalar_one()
-        strategy_id = (await connection.execute(insert(strategies).values(
+        ).returning(BrokerAccount.id))).scalar_one()
+        strategy_id = (await connection.execute(insert(Strategy).values(
             user_id=user_id, broker_account_id=account_id, name="intraday", symbol="RELIANCE", exchange="NSE",
             quantity=10, product="MIS", stop_loss_price=Decimal("2400.05"), status="STOPPED", position="FLAT",
             open_quantity=0, realized_pnl=Decimal("0"), position_cycle=1, sl_triggered=False,
             needs_intervention=False, version=1, created_at=now, updated_at=now,
-        ).returning(strategies.c.id))).scalar_one()
+        ).returning(Strategy.id))).scalar_one()
     return account_id, strategy_id
 
 
