@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     broker_square_off_time: time = time(15, 20)
     reconcile_interval_minutes: int = Field(default=5, ge=1, le=60)
 
+    # The live stream of order events (GET /execution/events, docs/api.md): how often each stream reads
+    # the store, and how long it stays silent before a heartbeat comment.
+    events_poll_interval_seconds: float = Field(default=0.5, gt=0, le=10)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+
     # Alerts.
     alert_webhook_url: str | None = None
 
