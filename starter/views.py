@@ -7,6 +7,7 @@ fields and the same numbers. Money is Decimal, sent as decimal strings.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -16,16 +17,19 @@ from typing import Annotated
 from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
 
 from brokers.base import Broker, BrokerOrder, BrokerTrade
-from brokers.errors import BrokerError
+from brokers.errors import BrokerError, RateLimitedError
 from brokers.factory import KiteBrokerFactory
 from engine.charges import RATES_AS_OF, RATES_SOURCE, Charges, ChargesError, Execution, day_charges
 from engine.settings import Settings
 from store import Store
 from store.errors import InvalidInput
 from store.records import StrategyRecord
+from store.types import readable
 from store.views import IST, BookOrder, RealizedExit, ist_day
 
 CENTS = Decimal("0.01")
+RATE_LIMITED_ATTEMPTS = 4
+RATE_LIMITED_PAUSE_SECONDS = 0.5
 
 
 def _money_text(value: Decimal) -> str:
@@ -279,13 +283,19 @@ class TradingViews:
 
     async def _ask(self, account_id: int, what: str, read: str) -> list:
         broker = await self._broker(account_id)
-        try:
-            answer: list = await getattr(broker, read)()
-            return answer
-        except BrokerError as failed:
-            raise BrokerUnavailable(
-                f"Kite did not answer {what} for account {account_id}: {failed.broker_message or failed.message}"
-            ) from None
+        for attempt in range(RATE_LIMITED_ATTEMPTS):
+            try:
+                answer: list = await getattr(broker, read)()
+                return answer
+            except RateLimitedError:
+                # Kite allows 10 reads a second per account; the next second has room again.
+                if attempt + 1 < RATE_LIMITED_ATTEMPTS:
+                    await asyncio.sleep(RATE_LIMITED_PAUSE_SECONDS)
+            except BrokerError as failed:
+                raise BrokerUnavailable(
+                    f"Kite did not answer {what} for account {account_id}: {failed.broker_message or failed.message}"
+                ) from None
+        raise BrokerUnavailable(f"Kite refused {what} for account {account_id}: too many requests; retry shortly")
 
     def _accounts(self, scope: Scope, strategies: Iterable[StrategyRecord]) -> list[int]:
         if scope.account_id is not None:
@@ -431,7 +441,7 @@ class TradingViews:
                 broker_quantity = sum(t.quantity for t in found)
                 if broker_quantity:
                     broker_price = sum((t.price * t.quantity for t in found), Decimal(0)) / broker_quantity
-                    broker_price = broker_price.quantize(Decimal("0.000001"))
+                    broker_price = readable(broker_price.quantize(Decimal("0.000001")))
                 difference = _trade_difference(o.applied_quantity, price, broker_quantity, broker_price)
             rows.append(
                 TradeRowOut(
