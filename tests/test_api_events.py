@@ -67,7 +67,9 @@ class EventReader:
 
 
 @pytest.fixture
-def served(engine: Engine, engine_db_url: str, engine_secret_key: str, temporal_server: DevServer) -> Iterator[ServedApi]:
+def served(
+    engine: Engine, engine_db_url: str, engine_secret_key: str, temporal_server: DevServer
+) -> Iterator[ServedApi]:
     settings = Settings.model_validate({
         "database_url": engine_db_url, "engine_secret_key": engine_secret_key,
         "task_queue": engine.settings.task_queue, "kite_root": engine.paper.url, "enforce_market_hours": False,
@@ -117,12 +119,14 @@ async def test_the_stream_carries_only_the_callers_events_and_resumes_after_last
     assert beat.comment == "heartbeat"
     assert {m.data["strategy_id"] for m in seen if m.data} == {alices}
     assert {m.data["workflow_id"] for m in seen if m.data} == {workflow_id}
-    assert [m.event for m in seen][:1] == ["ATTEMPTED"] and seen[-1].data["data"]["outcome"] == "SUCCESS"
+    executed = seen[-1].data
+    assert [m.event for m in seen][:1] == ["ATTEMPTED"]
+    assert executed is not None and executed["data"]["outcome"] == "SUCCESS"
     assert [m.id for m in seen] == sorted(m.id for m in seen if m.id is not None)
 
     # The client went away: the server ends that stream.
     deadline = time.monotonic() + WAIT_SECONDS
-    app_state = served.server.config.app.state  # type: ignore[attr-defined]
+    app_state = served.server.config.app.state  # type: ignore[union-attr]
     while getattr(app_state, "open_event_streams", 0) != 0:
         assert time.monotonic() < deadline, "the stream outlived its client"
         await asyncio.sleep(0.05)

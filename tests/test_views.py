@@ -122,6 +122,15 @@ async def test_a_traders_day_reads_the_same_in_the_cli_and_the_api_and_beside_ki
     ]
     assert [t["symbol"] for t in trades["broker_only"]] == ["INFY"]
 
+    # The audit history's rows say what each order was.
+    history = await both(engine_cli, api, alice, f"/execution/history?strategy_id={sid}&limit=5",
+                         "history", "--strategy", str(sid), "--limit", "5")
+    assert [(h["order_type"], h["symbol"], h["side"], h["quantity"], h["filled_quantity"], h["average_price"],
+             h["exit_reason"]) for h in history["items"]] == [
+        ("BUY", "RELIANCE", "BUY", 4, 4, "2500.05", None), ("SELL", "RELIANCE", "SELL", 4, 4, "2510.55", "MANUAL"),
+        ("BUY", "RELIANCE", "BUY", 4, 4, "2500.05", None),
+    ]
+
     # Without the broker: the engine's side alone, nothing compared.
     quiet = (await api.get(f"/positions?strategy_id={sid}", headers=alice.headers)).json()
     assert quiet["broker_checked"] is False and quiet["instruments"][0]["broker_quantity"] is None
