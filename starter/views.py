@@ -317,10 +317,9 @@ class TradingViews:
         # The account's whole holding of each instrument, whichever strategies are shown.
         accounts = self._accounts(scope, strategies)
         held: dict[tuple[int, str, str, str], int] = defaultdict(int)
-        for account_id in accounts:
-            for s in await self.store.list_strategies():
-                if s.broker_account_id == account_id and s.open_quantity > 0:
-                    held[(account_id, s.exchange, s.symbol, s.product)] += s.open_quantity
+        for s in await self.store.list_strategies():
+            if s.broker_account_id in accounts and s.open_quantity > 0:
+                held[(s.broker_account_id, s.exchange, s.symbol, s.product)] += s.open_quantity
         shown = {(s.broker_account_id, s.exchange, s.symbol, s.product) for s in strategies}
         keys = {key for key in held if scope.strategy_id is None or key in shown}
         if scope.strategy_id is not None:
