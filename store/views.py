@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -117,12 +117,12 @@ class ViewsMixin(StoreBase):
             query = query.where(Strategy.broker_account_id == check.positive_int(account_id, "account_id"))
         if filled_only:
             query = query.where(Order.applied_quantity > 0)
+        if day is not None:
+            start = datetime.combine(day, time(0), IST)
+            query = query.where(Order.created_at >= start, Order.created_at < start + timedelta(days=1))
         async with self._read() as session:
             rows = (await session.execute(query.order_by(Order.created_at, Order.id))).all()
-        orders = [_book_order(order, strategy) for order, strategy in rows]
-        if day is not None:
-            orders = [order for order in orders if ist_day(order.created_at) == day]
-        return orders
+        return [_book_order(order, strategy) for order, strategy in rows]
 
     async def realized_by_strategy(
         self, *, user_id: int | None = None, strategy_id: int | None = None
