@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     market_data_stale_seconds: float = Field(default=60.0, gt=0)
     # The service's Prometheus endpoint (/metrics); 0 turns it off.
     market_data_metrics_port: int = Field(default=9466, ge=0, le=65535)
+    # The live stream of order events (GET /execution/events, docs/api.md): how often each stream reads
+    # the store, and how long it stays silent before a heartbeat comment.
+    events_poll_interval_seconds: float = Field(default=0.5, gt=0, le=10)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
     # Alerts.
     alert_webhook_url: str | None = None

@@ -12,8 +12,8 @@ from sqlalchemy import and_, or_, select
 from store import validation as check
 from store.base import StoreBase, to_record
 from store.errors import InvalidInput
-from store.models import OrderLog
-from store.records import HistoryQuery, LogStatus, OrderLogRecord, OrderType, Page
+from store.models import Order, OrderLog
+from store.records import HistoryOrder, HistoryQuery, LogStatus, OrderLogRecord, OrderType, Page
 
 MAX_PAGE_SIZE = 500
 MAX_ROW_ID = 2**63 - 1  # the id column is a BIGINT
@@ -75,6 +75,16 @@ class HistoryMixin(StoreBase):
 
         async with self._read() as session:
             rows = [to_record(OrderLogRecord, row) for row in await session.scalars(statement)]
-        items = rows[:limit]
+            items = rows[:limit]
+            order_ids = {item.order_id for item in items}
+            orders = list(await session.scalars(select(Order).where(Order.id.in_(order_ids)))) if order_ids else []
+            summaries = {
+                order.id: HistoryOrder(
+                    symbol=order.symbol, exchange=order.exchange, side=order.transaction_type, quantity=order.quantity,
+                    filled_quantity=order.filled_quantity, average_price=order.average_price,
+                    exit_reason=order.exit_reason,
+                )
+                for order in orders
+            }
         next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
-        return Page(items=items, next_cursor=next_cursor)
+        return Page(items=items, next_cursor=next_cursor, orders=summaries)

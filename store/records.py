@@ -331,6 +331,21 @@ class HistoryQuery:
 
 
 @dataclass(frozen=True)
+class HistoryOrder:
+    """What a history row's order is: instrument, side, size, fill and why it was sent."""
+
+    symbol: str
+    exchange: str
+    side: str  # BUY | SELL at the broker
+    quantity: int
+    filled_quantity: int
+    average_price: Decimal | None
+    exit_reason: str | None
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[OrderLogRecord]
     next_cursor: str | None
+    # The order of each item, by order id.
+    orders: dict[int, HistoryOrder] = field(default_factory=dict)

@@ -9,10 +9,11 @@ from store.orders import OrdersMixin
 from store.rate_limits import RateLimitsMixin
 from store.reconcile import ReconcileMixin
 from store.strategies import StrategiesMixin
+from store.views import ViewsMixin
 
 
 class Store(AccountsMixin, StrategiesMixin, OrdersMixin, HistoryMixin, RateLimitsMixin, ReconcileMixin,
-            ChangesMixin):
+            ChangesMixin, ViewsMixin):
     """Users and broker accounts, strategies, the order lifecycle and its audit trail.
 
     `await Store.connect(url, secret_key)`, then `await store.migrate()` once, `await store.close()`

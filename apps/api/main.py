@@ -21,7 +21,7 @@ from temporalio.client import Client
 
 from apps.api.errors import install_error_handlers
 from apps.api.guards import DOCS_ASSETS, RequestGuard
-from apps.api.routers import accounts, control, health, kite, orders, strategies
+from apps.api.routers import accounts, control, events, health, kite, orders, strategies, views
 from engine.settings import Settings
 from starter.deps import Services
 from store import Store
@@ -63,7 +63,8 @@ def create_app(
         app.state.services = Services.assemble(settings, client, store)
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
-    for router in (orders.router, control.router, strategies.router, accounts.router, kite.router, health.router):
+    for router in (orders.router, control.router, strategies.router, accounts.router, kite.router, health.router,
+                   views.router, events.router):
         app.include_router(router)
     return app
 

@@ -25,7 +25,7 @@ from starter.deps import MAX_ID, OrderStatus, split_order_key
 from starter.schedules import ScheduleView
 from store.errors import InvalidInput
 from store.history import decode_cursor
-from store.records import OrderLogRecord, StrategyRecord
+from store.records import HistoryOrder, OrderLogRecord, StrategyRecord
 
 MAX_WAIT_SECONDS = 30.0
 CENTS = Decimal("0.01")
@@ -386,16 +386,27 @@ class HistoryItemOut(BaseModel):
     attempted_at: datetime
     completed_at: datetime | None
     execution_time_ms: int | None
+    symbol: str | None = None
+    side: str | None = Field(default=None, description="BUY or SELL at the broker")
+    quantity: int | None = None
+    filled_quantity: int | None = None
+    average_price: MoneyOut | None = None
+    exit_reason: str | None = Field(default=None, description="an exit's reason; null for a BUY")
 
     @classmethod
-    def of(cls, record: OrderLogRecord) -> HistoryItemOut:
+    def of(cls, record: OrderLogRecord, order: HistoryOrder | None = None) -> HistoryItemOut:
         workflow_id, run_id = split_order_key(record.workflow_id)
-        return cls(
+        item = cls(
             id=record.id, workflow_id=workflow_id, run_id=run_id, strategy_id=record.strategy_id,
             order_type=record.order_type, status=record.status, order_data=record.order_data, result=record.result,
             error_message=record.error_message, attempted_at=record.attempted_at, completed_at=record.completed_at,
             execution_time_ms=record.execution_time_ms,
         )
+        if order is not None:
+            item.symbol, item.side, item.quantity = order.symbol, order.side, order.quantity
+            item.filled_quantity, item.average_price = order.filled_quantity, order.average_price
+            item.exit_reason = order.exit_reason
+        return item
 
 
 class HistoryPageOut(BaseModel):

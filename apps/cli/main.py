@@ -10,6 +10,8 @@ TEMPORAL_ADDRESS, ENGINE_TASK_QUEUE, ...).
     engine order buy 1 --wait
     engine order status order:1:1:entry
     engine history --strategy 1
+    engine positions --account 1 --broker     # the engine's positions beside Kite's
+    engine pnl --date 2026-11-24
 
 Exit codes: 0 done; 1 the order or the request was refused or failed; 2 wrong usage; 3 not found;
 4 duplicate or conflict; 5 Temporal or the database unreachable; 6 the database's schema is missing or
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from apps.cli import accounts, control, database, market_data, orders, reconcile, strategies
+from apps.cli import accounts, control, database, market_data, orders, reconcile, strategies, views
 from apps.cli.common import CONFLICT, FAILED, NOT_FOUND, SCHEMA_BEHIND, UNAVAILABLE, Cli, Command, print_json
 from engine.errors import DuplicateOrderError
 from engine.settings import Settings
@@ -37,6 +39,7 @@ from starter.control import (
     UnknownOrder,
 )
 from starter.deps import Services, StrategyNotRunning, TemporalUnavailable
+from starter.views import BrokerUnavailable
 from store.errors import (
     AlreadyExists,
     InvalidInput,
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="engine", description="Operate the order execution engine (Temporal + Kite)."
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    for group in (strategies, orders, control, accounts, reconcile, database, market_data):
+    for group in (strategies, orders, control, accounts, reconcile, database, market_data, views):
         group.add_commands(groups)
     for command in _leaves(parser):
         command.add_argument("--json", action="store_true", help="print one JSON document (docs/cli.md)")
@@ -98,7 +101,7 @@ async def run(argv: Sequence[str], console: Console, services: Services | None =
         return _fail(console, NOT_FOUND, json_output, str(missing))
     except SchemaOutOfDate as behind:
         return _fail(console, SCHEMA_BEHIND, json_output, str(behind))
-    except (TemporalUnavailable, StoreUnavailable, EmergencyStopUnconfirmed) as unavailable:
+    except (TemporalUnavailable, StoreUnavailable, EmergencyStopUnconfirmed, BrokerUnavailable) as unavailable:
         return _fail(console, UNAVAILABLE, json_output, str(unavailable))
     except (InvalidInput, InvalidControlRequest, StoreError, ValueError) as refused:
         return _fail(console, FAILED, json_output, str(refused))

@@ -157,15 +157,22 @@ async def history(cli: Cli, args: argparse.Namespace) -> int:
         )
     )
     table = Table(title="Order history (newest first)")
-    for column in ("attempted", "workflow", "strategy", "type", "status", "ms", "error"):
+    for column in ("attempted", "workflow", "strategy", "type", "symbol", "side", "qty", "filled", "price",
+                   "exit reason", "status", "ms", "error"):
         table.add_column(column)
     for item in page.items:
+        order = page.orders.get(item.order_id)
         table.add_row(
             text(item.attempted_at), split_order_key(item.workflow_id)[0] or "-", str(item.strategy_id),
-            item.order_type, item.status, text(item.execution_time_ms), item.error_message or "",
+            item.order_type, text(order and order.symbol), text(order and order.side), text(order and order.quantity),
+            text(order and order.filled_quantity), text(order and order.average_price),
+            text(order and order.exit_reason), item.status, text(item.execution_time_ms), item.error_message or "",
         )
     cli.show(table)
-    cli.data(HistoryPageOut(items=[HistoryItemOut.of(item) for item in page.items], next_cursor=page.next_cursor))
+    cli.data(HistoryPageOut(
+        items=[HistoryItemOut.of(item, page.orders.get(item.order_id)) for item in page.items],
+        next_cursor=page.next_cursor,
+    ))
     if page.next_cursor:
         cli.say(f"more: engine history --cursor {page.next_cursor} (same filters)")
     return OK

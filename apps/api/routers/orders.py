@@ -166,4 +166,7 @@ async def history(
             until=until, limit=limit, cursor=cursor,
         )
     )
-    return HistoryPageOut(items=[HistoryItemOut.of(item) for item in page.items], next_cursor=page.next_cursor)
+    return HistoryPageOut(
+        items=[HistoryItemOut.of(item, page.orders.get(item.order_id)) for item in page.items],
+        next_cursor=page.next_cursor,
+    )
