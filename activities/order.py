@@ -59,6 +59,12 @@ STALE_STATE_GRACE = timedelta(seconds=30)
 # The longest wait between order-book polls of a follower while the polls fail.
 FAILED_POLL_BACKOFF_MAX = 5.0
 CREDENTIALS_TTL_SECONDS = 30.0
+# How long the first local activity watches a new order for its fill before the follower takes over.
+# A market order at NSE fills in milliseconds and Kite's order book shows it within a few hundred; an
+# order still open after a second is resting (protection price, an illiquid scrip, a halted market) and
+# is better followed by the heartbeating activity. Well inside the workflow task's timeout (10 s), so
+# the local activity needs no task heartbeat, and a cancel or a query waits at most this long.
+FAST_FILL_WAIT_SECONDS = 1.0
 
 
 class BrokerFactory(Protocol):
@@ -290,12 +296,43 @@ class OrderActivities:
                 "NSE trades 09:15–15:30 IST on trading days"
             )
 
-    # 1 + 2 + 3 in one step: the fast path, one local activity between a trigger and the broker.
+    # 1 + 2 + 3 (+ 4) in one step: the fast path, one local activity between a trigger and the broker.
 
     @activity.defn(name="begin_and_place_order")
     async def begin_and_place_order(self, request: BeginOrder) -> BegunOrder:
+        """Validate, record, place; then watch the order book for up to FAST_FILL_WAIT_SECONDS.
+
+        A market order that fills at once comes back with its final state, and the workflow finishes it
+        without a regular activity (no follower, no heartbeats, no server round trip). Anything else
+        (still open, a twin in the book, a failed read) comes back without a state, for the follower.
+
+        Crash safety: a worker killed in here leaves no marker, so the replay runs this activity again.
+        `begin_order` finds the recorded attempt; `place_order_once` finds the send stamp and, with the
+        broker order id already recorded, takes it without a second request (or, without one, looks the
+        tag up once the first request's window has passed: the workflow's step-by-step path). Nothing
+        here writes the fill: `finish_order` applies it from the state returned, or the follower does.
+        """
         ticket = await self.begin_order(request)
-        return BegunOrder(ticket=ticket, placement=await self.place_order_once(PlaceOrder(ticket=ticket)))
+        placement = await self.place_order_once(PlaceOrder(ticket=ticket))
+        state = await self._filled_at_once(ticket, placement.broker_order_id)
+        return BegunOrder(ticket=ticket, placement=placement, state=state)
+
+    async def _filled_at_once(self, ticket: OrderTicket, broker_order_id: str) -> BrokerOrderState | None:
+        """The order's terminal state if the order book shows one within the bound; None otherwise."""
+        account = str(ticket.broker_account_id)
+        deadline = time.monotonic() + FAST_FILL_WAIT_SECONDS
+        version = 0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                broker = await self._broker(ticket.broker_account_id)
+                version, order = await self.watcher.next_snapshot(account, broker, broker_order_id, version, left)
+            except BrokerError:
+                return None  # the follower retries reads with its backoff
+            if self.watcher.tagged(account, ticket.tag, broker_order_id):
+                return None  # a twin: the follower records and cancels it
+            if order is not None and is_terminal(order.status):
+                return to_state(order)
+        return None
 
     # 3. Place exactly once.
 
@@ -321,6 +358,10 @@ class OrderActivities:
             previous_send = await self.store.start_placement(ticket.order_key, sent_at)
             if previous_send is not None:
                 # An earlier attempt (a retry, or a replay after a crash) may have reached the broker.
+                recorded = await self.store.get_order(ticket.order_key)
+                if recorded.broker_order_id is not None:  # it did, and the broker's answer was recorded
+                    return Placement(broker_order_id=recorded.broker_order_id, adopted=recorded.adopted,
+                                     resent=recorded.adopted)
                 existing = await self._adopt_placed(ticket, broker, previous_send)
                 if existing is not None:
                     return existing

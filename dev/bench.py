@@ -224,6 +224,24 @@ class SqlCounter:
             self.counting = False
 
 
+@contextmanager
+def profiled(path: Path | None) -> Iterator[None]:
+    """cProfile of the bench process (worker 1 and the starter) during the engine's steady run."""
+    if path is None:
+        yield
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
+        print(f"   profile written to {path} (python -m pstats {path})", flush=True)
+
+
 # The stack
 
 @dataclass
@@ -560,6 +578,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=int(env("BENCH_IN_FLIGHT", "1000")),
                         help="orders held in flight for the RSS figure (default 1000; 0 skips it)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write a cProfile of the engine's steady run (worker 1 and the starter) here")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.orders < 1 or args.concurrency < 1 or args.accounts < 1:
         parser.error("--workers, --orders, --concurrency and --accounts must be at least 1")
@@ -631,7 +651,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         worker, _ = build_worker(client, store, settings)
         starter = OrderStarter(client, store, settings)
         async with worker:
-            with sql.measuring():
+            with sql.measuring(), profiled(args.profile):
                 steady = await measured_run(stack, engine_starter(starter, steady_strategies), args.orders,
                                             args.concurrency)
             statements, transactions = Counter(sql.statements), sql.transactions

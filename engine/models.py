@@ -97,6 +97,8 @@ class BegunOrder(BaseModel):
 
     ticket: OrderTicket
     placement: Placement
+    # The final state when the order filled (or ended) at once: no follower needed.
+    state: BrokerOrderState | None = None
 
 
 class BrokerOrderState(BaseModel):
