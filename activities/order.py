@@ -50,6 +50,7 @@ from engine.settings import Settings
 from store import Store
 from store.errors import CredentialsMissing, EntryStopped, FillMismatch, OrderInFlight, StoreError, StrategyNotFound
 from store.orders import twin_workflow_id
+from store.rate_limits import SendSlot
 from store.records import BrokerCredentials, Fill, NewOrder, StrategyRecord
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,23 @@ class OrderPacer(Protocol):
 
     async def wait_turn(self, account_id: int) -> None: ...
 
+    def reservation(self) -> tuple[timedelta, timedelta] | None:
+        """(spacing, longest wait) for a slot reserved in the caller's own transaction; None: no pacing."""
+        ...
+
+    async def take(self, slot: SendSlot) -> None:
+        """Wait for a slot reserved that way (raises when none was granted)."""
+        ...
+
 
 class NoPacing:
     async def wait_turn(self, account_id: int) -> None:
+        return None
+
+    def reservation(self) -> tuple[timedelta, timedelta] | None:
+        return None
+
+    async def take(self, slot: SendSlot) -> None:
         return None
 
 
@@ -173,6 +188,13 @@ class OrderActivities:
 
     @activity.defn(name="begin_order")
     async def begin_order(self, request: BeginOrder) -> OrderTicket:
+        ticket, _, _ = await self._begin(request, reserve=False)
+        return ticket
+
+    async def _begin(self, request: BeginOrder, *, reserve: bool) -> tuple[OrderTicket, SendSlot | None, bool]:
+        """The attempt recorded (or found, on a replay); with `reserve`, the account's send slot taken in
+        the same transaction. Answers the ticket, the slot (None if none was reserved) and whether the
+        send was stamped too (the slot was now: the request may leave at once)."""
         intent = request.intent
         seen: list[StrategyRecord] = []
 
@@ -213,8 +235,15 @@ class OrderActivities:
                 },
             )
 
+        pacing = self.pacer.reservation() if reserve else None
+        slot: SendSlot | None = None
         try:
-            order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
+            if pacing is None:
+                order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
+            else:
+                order, slot = await self.store.begin_order_and_reserve(
+                    intent.strategy_id, request.order_key, build, validate, spacing=pacing[0], max_wait=pacing[1]
+                )
             strategy = seen[0] if seen else await self.store.get_strategy(intent.strategy_id)  # a replay
         except (errors.ValidationFailed, StrategyNotFound) as refused:
             raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None
@@ -224,7 +253,7 @@ class OrderActivities:
             if failed.retryable:
                 raise
             raise ApplicationError(str(failed), type=errors.VALIDATION_FAILED, non_retryable=True) from None
-        return OrderTicket(
+        ticket = OrderTicket(
             order_key=request.order_key,
             strategy_id=order.strategy_id,
             broker_account_id=strategy.broker_account_id,
@@ -244,6 +273,8 @@ class OrderActivities:
                 twin_watch_seconds=self.settings.twin_watch_seconds,
             ),
         )
+        stamped = slot is not None and seen != [] and order.placement_sent_at is not None
+        return ticket, slot, stamped
 
     def validate(
         self,
@@ -312,8 +343,15 @@ class OrderActivities:
         tag up once the first request's window has passed: the workflow's step-by-step path). Nothing
         here writes the fill: `finish_order` applies it from the state returned, or the follower does.
         """
-        ticket = await self.begin_order(request)
-        placement = await self.place_order_once(PlaceOrder(ticket=ticket))
+        # One transaction: the attempt, the account's send slot and, when the slot is now, the send stamp.
+        ticket, slot, stamped = await self._begin(request, reserve=True)
+        if stamped:
+            broker = await self._broker(ticket.broker_account_id)
+            placement = await self._send(ticket, self._order_request(ticket), broker, _now(), previous_send=None)
+        else:
+            if slot is not None:
+                await self.pacer.take(slot)  # a slot later than now: wait for it, then stamp as ever
+            placement = await self._place(ticket, paced=slot is not None)
         state = await self._filled_at_once(ticket, placement.broker_order_id)
         return BegunOrder(ticket=ticket, placement=placement, state=state)
 
@@ -338,9 +376,10 @@ class OrderActivities:
 
     @activity.defn(name="place_order_once")
     async def place_order_once(self, request: PlaceOrder) -> Placement:
-        ticket = request.ticket
-        broker = await self._broker(ticket.broker_account_id)
-        order_request = OrderRequest(
+        return await self._place(request.ticket, paced=False)
+
+    def _order_request(self, ticket: OrderTicket) -> OrderRequest:
+        return OrderRequest(
             exchange=ticket.exchange,
             tradingsymbol=ticket.symbol,
             transaction_type=ticket.transaction_type,
@@ -350,9 +389,15 @@ class OrderActivities:
             tag=ticket.tag,
             market_protection=ticket.policy.market_protection,
         )
-        await self.pacer.wait_turn(ticket.broker_account_id)
+
+    async def _place(self, ticket: OrderTicket, *, paced: bool) -> Placement:
+        """Stamp the send, send once, record the broker's order id; `paced`: the caller already waited
+        for the account's slot."""
+        broker = await self._broker(ticket.broker_account_id)
+        order_request = self._order_request(ticket)
+        if not paced:
+            await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
-        window = self._resend_window(ticket)
         try:
             # The last check before the broker: a strategy stopped while this entry queued sends nothing.
             previous_send = await self.store.start_placement(ticket.order_key, sent_at)
@@ -370,6 +415,14 @@ class OrderActivities:
                 await self.store.set_placement_started(ticket.order_key, sent_at)
         except EntryStopped as stopped:
             raise ApplicationError(str(stopped), type=errors.ENTRY_STOPPED, non_retryable=True) from None
+        return await self._send(ticket, order_request, broker, sent_at, previous_send=previous_send)
+
+    async def _send(
+        self, ticket: OrderTicket, order_request: OrderRequest, broker: Broker, sent_at: datetime,
+        *, previous_send: datetime | None,
+    ) -> Placement:
+        """The one request, its send already stamped at `sent_at`; the broker's order id recorded."""
+        window = self._resend_window(ticket)
         try:
             try:
                 order_id = await broker.place_order(order_request)
@@ -586,18 +639,15 @@ class OrderActivities:
     async def finish_order(self, request: FinishOrder) -> None:
         state = request.state
         now = _now()
+        fill = None
         if state is not None and state.filled_quantity > 0:
-            await self.store.apply_fill(
-                Fill(
-                    workflow_id=request.order_key,
-                    filled_quantity=state.filled_quantity,
-                    average_price=state.average_price,
-                    status=state.status,
-                    filled_at=now,
-                )
+            fill = Fill(
+                workflow_id=request.order_key,
+                filled_quantity=state.filled_quantity,
+                average_price=state.average_price,
+                status=state.status,
+                filled_at=now,
             )
-        if request.needs_intervention:
-            await self.store.mark_intervention(request.strategy_id, request.intervention_reason or "see order")
         audit_outcome = {
             Outcome.FILLED: "SUCCESS",
             Outcome.PARTIALLY_FILLED: "SUCCESS",
@@ -611,13 +661,17 @@ class OrderActivities:
         if state is not None:
             result.update(state.model_dump(mode="json"))
         try:
-            await self.store.finish_order(
+            # One transaction: the fill, the flag for a person, the audit row's result and the outbox row.
+            await self.store.complete_order(
                 request.order_key,
+                fill,
                 audit_outcome,
                 state.status if state is not None else request.outcome.value,
                 result,
                 request.error,
                 now,
+                intervention=(request.intervention_reason or "see order") if request.needs_intervention else None,
+                strategy_id=request.strategy_id,
             )
         except StoreError as error:
             if not error.retryable:
