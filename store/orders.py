@@ -573,13 +573,14 @@ class OrdersMixin(StoreBase):
             order, strategy = await self._lock_order_and_strategy(session, workflow_id, strategy_id=strategy_id)
             if order.outcome is not None:
                 return to_record(OrderRecord, order)
+            # Every read before the first change: the changes then go out in one flush, not two.
+            log = await session.scalar(select(OrderLog).where(OrderLog.order_id == order.id).with_for_update())
+            if log is None:
+                raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
             if checked_fill is not None and checked_fill.filled_quantity > 0:
                 self._apply_fill_locked(session, order, strategy, checked_fill)
             if why is not None:
                 _flag_for_intervention(strategy, why, utc_now())
-            log = await session.scalar(select(OrderLog).where(OrderLog.order_id == order.id).with_for_update())
-            if log is None:
-                raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
             log.status = final
             log.result, log.error_message, log.completed_at = result_data, error_message, completed
             log.execution_time_ms = max(0, round((completed - log.attempted_at).total_seconds() * 1000))
