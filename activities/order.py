@@ -352,8 +352,9 @@ class OrderActivities:
             if slot is not None:
                 await self.pacer.take(slot)  # a slot later than now: wait for it, then stamp as ever
             placement = await self._place(ticket, paced=slot is not None)
+        placed_at = _now()
         state = await self._filled_at_once(ticket, placement.broker_order_id)
-        return BegunOrder(ticket=ticket, placement=placement, state=state)
+        return BegunOrder(ticket=ticket, placement=placement, state=state, placed_at=placed_at)
 
     async def _filled_at_once(self, ticket: OrderTicket, broker_order_id: str) -> BrokerOrderState | None:
         """The order's terminal state if the order book shows one within the bound; None otherwise."""
