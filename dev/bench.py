@@ -726,6 +726,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     #     results["ticks"] = await bench_ticks.run(stack)
     report(results)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print("\nfor the README:\n")
+    print(markdown(results))
     print(f"\nwritten to {args.output.name}")
     return results
 
@@ -773,6 +775,57 @@ def report(results: dict[str, Any]) -> None:
     print(f"{'SL trigger -> broker p99 (ms)':44}{latency['p99']:>10}{direct['p99']:>10}")
     print(f"{'worker RSS (MB), in flight vs idle':44}{results['worker_rss_mb']:>10}{results['worker_idle_rss_mb']:>10}"
           f"   ({results['orders_in_flight']} in flight)")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README's benchmark table, from one run's results."""
+    steady = results["steady"]
+    e, f = steady["engine"], steady["floor"]
+    ce, cf = e["cpu_ms_per_order"], f["cpu_ms_per_order"]
+    main_e = next((v for k, v in ce.items() if k.endswith("main thread")), 0.0)
+    main_f = next((v for k, v in cf.items() if k.endswith("main thread")), 0.0)
+    worker_e = sum(v for k, v in ce.items() if k.startswith("worker") and "main thread" not in k)
+    worker_f = sum(v for k, v in cf.items() if k.startswith("worker") and "main thread" not in k)
+    rows = [
+        ("CPU ms per order, all processes", ce["all processes"], cf["all processes"],
+         f"{steady['cpu_ratio']} ×"),
+        ("· Temporal dev server", ce["temporal dev server"], cf["temporal dev server"], ""),
+        ("· worker (its Python main thread)", f"{worker_e:.1f} ({main_e})", f"{worker_f:.1f} ({main_f})", ""),
+        ("· PostgreSQL backends", ce["postgresql backends"], cf["postgresql backends"], ""),
+        ("· paper broker", ce["paper broker"], cf["paper broker"], ""),
+        (f"orders/s, ≤{steady['concurrency']} in flight", e["orders_per_second"], f["orders_per_second"],
+         f"{steady['rate_ratio']} ×"),
+        ("history events per order (regular activities)",
+         f"{e['history']['events per order']} ({e['history']['regular activities per order']})",
+         f"{f['history']['events per order']} ({f['history']['regular activities per order']})", ""),
+        ("SQL statements (transactions) per order",
+         f"{steady['sql_statements_per_order']} ({steady['sql_transactions_per_order']})", "—", ""),
+    ]
+    burst = results.get("burst")
+    if burst:
+        be, bf = burst["engine"], burst["floor"]
+        he, hf = be["history"], bf["history"]
+
+        def faults(h: dict[str, Any]) -> str:
+            return (f"{h['activity retries']} retries, {h['heartbeat timeouts']} heartbeat timeouts, "
+                    f"{h['workflow task timeouts']} workflow-task timeouts")
+        rows += [
+            (f"{burst['orders']} started at once: orders/s", be["orders_per_second"], bf["orders_per_second"], ""),
+            ("· eager starts accepted", be["eager_starts"], bf["eager_starts"], ""),
+            ("· retries and timeouts", faults(he), faults(hf), ""),
+            ("· trigger → broker p50 / p99 (ms)",
+             f"{be['trigger_to_broker_ms']['p50']} / {be['trigger_to_broker_ms']['p99']}", "—", ""),
+        ]
+    lat, direct = results["sl_trigger_to_broker_ms"], results["direct_call_ms"]
+    rows += [
+        ("SL trigger → broker, one at a time, p50 / p99 (ms)", f"{lat['p50']} / {lat['p99']}",
+         f"{direct['p50']} / {direct['p99']} (direct adapter call)", ""),
+        (f"worker RSS, {results['orders_in_flight']} in flight (idle) MB",
+         f"{results['worker_rss_mb']} ({results['worker_idle_rss_mb']})", "—", ""),
+    ]
+    lines = ["| measure | engine | same-shape floor | ratio |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
