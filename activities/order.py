@@ -365,8 +365,8 @@ class OrderActivities:
             try:
                 broker = await self._broker(ticket.broker_account_id)
                 version, order = await self.watcher.next_snapshot(account, broker, broker_order_id, version, left)
-            except BrokerError:
-                return None  # the follower retries reads with its backoff
+            except Exception:  # the order is placed: no failure of this watch may fail this step
+                return None  # the follower reads on, with its backoff and its error handling
             if self.watcher.tagged(account, ticket.tag, broker_order_id):
                 return None  # a twin: the follower records and cancels it
             if order is not None and is_terminal(order.status):
