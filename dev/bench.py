@@ -132,6 +132,7 @@ class Processes:
     paper_pid: int
     pg_database: str | None
     workers: list[tuple[str, int]] = field(default_factory=list)  # (name, pid) of worker processes
+    _admin: Any = None
 
     async def snapshot(self) -> dict[str, float]:
         cpu = {
@@ -149,13 +150,16 @@ class Processes:
     async def pg_backends(self) -> list[int]:
         if self.pg_database is None:
             return []
-        admin = await asyncpg.connect(PG_ADMIN)
-        try:
-            rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                                     self.pg_database)
-        finally:
-            await admin.close()
+        if self._admin is None:  # one connection for the whole run: a busy server may refuse new ones
+            self._admin = await asyncpg.connect(PG_ADMIN)
+        rows = await self._admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.pg_database
+        )
         return [int(r["pid"]) for r in rows]
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
@@ -598,6 +602,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     store = await Store.connect(database_url, secret_key, pool_size=20)
     extra: list[WorkerProcess] = []
     results: dict[str, Any] = {}
+    procs: Processes | None = None
     try:
         await store.migrate()
         await temporal.wait_for_frontend()
@@ -614,6 +619,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                             order_poll_interval_seconds=POLL_INTERVAL, task_queue=f"bench-{run}")
         client = await connect(temporal.address, environ={})
         procs = Processes(temporal.process.pid, paper.pid, pg_name, [("worker 1 (bench process)", os.getpid())])
+        await procs.pg_backends()  # its connection made before the run
         stack = Stack(settings, store, paper_url, control, temporal, client, database_url, secret_key, procs)
         sql = SqlCounter()
         sql.attach(store)
@@ -683,6 +689,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         for w in extra:
             w.stop()
+        if procs is not None:
+            await procs.close()
         await store.close()
         temporal.stop()
         paper.terminate()
