@@ -50,6 +50,7 @@ from engine.settings import Settings
 from store import Store
 from store.errors import CredentialsMissing, EntryStopped, FillMismatch, OrderInFlight, StoreError, StrategyNotFound
 from store.orders import twin_workflow_id
+from store.rate_limits import SendSlot
 from store.records import BrokerCredentials, Fill, NewOrder, StrategyRecord
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ CREDENTIALS_TTL_SECONDS = 30.0
 # An exit whose account is logged out waits for the next login, asking the store this often.
 LOGIN_POLL_SECONDS = 2.0
 LOGIN_WAIT_ROUND_SECONDS = 60.0
+# How long the first local activity watches a new order for its fill before the follower takes over.
+# A market order at NSE fills in milliseconds and Kite's order book shows it within a few hundred; an
+# order still open after a second is resting (protection price, an illiquid scrip, a halted market) and
+# is better followed by the heartbeating activity. Well inside the workflow task's timeout (10 s), so
+# the local activity needs no task heartbeat, and a cancel or a query waits at most this long.
+FAST_FILL_WAIT_SECONDS = 1.0
 
 
 class BrokerFactory(Protocol):
@@ -73,9 +80,23 @@ class OrderPacer(Protocol):
 
     async def wait_turn(self, account_id: int) -> None: ...
 
+    def reservation(self) -> tuple[timedelta, timedelta] | None:
+        """(spacing, longest wait) for a slot reserved in the caller's own transaction; None: no pacing."""
+        ...
+
+    async def take(self, slot: SendSlot) -> None:
+        """Wait for a slot reserved that way (raises when none was granted)."""
+        ...
+
 
 class NoPacing:
     async def wait_turn(self, account_id: int) -> None:
+        return None
+
+    def reservation(self) -> tuple[timedelta, timedelta] | None:
+        return None
+
+    async def take(self, slot: SendSlot) -> None:
         return None
 
 
@@ -202,6 +223,13 @@ class OrderActivities:
 
     @activity.defn(name="begin_order")
     async def begin_order(self, request: BeginOrder) -> OrderTicket:
+        ticket, _, _ = await self._begin(request, reserve=False)
+        return ticket
+
+    async def _begin(self, request: BeginOrder, *, reserve: bool) -> tuple[OrderTicket, SendSlot | None, bool]:
+        """The attempt recorded (or found, on a replay); with `reserve`, the account's send slot taken in
+        the same transaction. Answers the ticket, the slot (None if none was reserved) and whether the
+        send was stamped too (the slot was now: the request may leave at once)."""
         intent = request.intent
         seen: list[StrategyRecord] = []
 
@@ -244,8 +272,15 @@ class OrderActivities:
                 },
             )
 
+        pacing = self.pacer.reservation() if reserve else None
+        slot: SendSlot | None = None
         try:
-            order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
+            if pacing is None:
+                order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
+            else:
+                order, slot = await self.store.begin_order_and_reserve(
+                    intent.strategy_id, request.order_key, build, validate, spacing=pacing[0], max_wait=pacing[1]
+                )
             strategy = seen[0] if seen else await self.store.get_strategy(intent.strategy_id)  # a replay
         except (errors.ValidationFailed, StrategyNotFound) as refused:
             raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None
@@ -255,7 +290,7 @@ class OrderActivities:
             if failed.retryable:
                 raise
             raise ApplicationError(str(failed), type=errors.VALIDATION_FAILED, non_retryable=True) from None
-        return OrderTicket(
+        ticket = OrderTicket(
             order_key=request.order_key,
             strategy_id=order.strategy_id,
             broker_account_id=strategy.broker_account_id,
@@ -275,6 +310,8 @@ class OrderActivities:
                 twin_watch_seconds=self.settings.twin_watch_seconds,
             ),
         )
+        stamped = slot is not None and seen != [] and order.placement_sent_at is not None
+        return ticket, slot, stamped
 
     def validate(
         self,
@@ -327,20 +364,60 @@ class OrderActivities:
                 "NSE trades 09:15–15:30 IST on trading days"
             )
 
-    # 1 + 2 + 3 in one step: the fast path, one local activity between a trigger and the broker.
+    # 1 + 2 + 3 (+ 4) in one step: the fast path, one local activity between a trigger and the broker.
 
     @activity.defn(name="begin_and_place_order")
     async def begin_and_place_order(self, request: BeginOrder) -> BegunOrder:
-        ticket = await self.begin_order(request)
-        return BegunOrder(ticket=ticket, placement=await self.place_order_once(PlaceOrder(ticket=ticket)))
+        """Validate, record, place; then watch the order book for up to FAST_FILL_WAIT_SECONDS.
+
+        A market order that fills at once comes back with its final state, and the workflow finishes it
+        without a regular activity (no follower, no heartbeats, no server round trip). Anything else
+        (still open, a twin in the book, a failed read) comes back without a state, for the follower.
+
+        Crash safety: a worker killed in here leaves no marker, so the replay runs this activity again.
+        `begin_order` finds the recorded attempt; `place_order_once` finds the send stamp and, with the
+        broker order id already recorded, takes it without a second request (or, without one, looks the
+        tag up once the first request's window has passed: the workflow's step-by-step path). Nothing
+        here writes the fill: `finish_order` applies it from the state returned, or the follower does.
+        """
+        # One transaction: the attempt, the account's send slot and, when the slot is now, the send stamp.
+        ticket, slot, stamped = await self._begin(request, reserve=True)
+        if stamped:
+            broker = await self._broker(ticket.broker_account_id)
+            placement = await self._send(ticket, self._order_request(ticket), broker, _now(), previous_send=None)
+        else:
+            if slot is not None:
+                await self.pacer.take(slot)  # a slot later than now: wait for it, then stamp as ever
+            placement = await self._place(ticket, paced=slot is not None)
+        placed_at = _now()
+        state = await self._filled_at_once(ticket, placement.broker_order_id)
+        return BegunOrder(ticket=ticket, placement=placement, state=state, placed_at=placed_at)
+
+    async def _filled_at_once(self, ticket: OrderTicket, broker_order_id: str) -> BrokerOrderState | None:
+        """The order's terminal state if the order book shows one within the bound; None otherwise."""
+        account = str(ticket.broker_account_id)
+        deadline = time.monotonic() + FAST_FILL_WAIT_SECONDS
+        version = 0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                broker = await self._broker(ticket.broker_account_id)
+                version, order = await self.watcher.next_snapshot(account, broker, broker_order_id, version, left)
+            except Exception:  # the order is placed: no failure of this watch may fail this step
+                return None  # the follower reads on, with its backoff and its error handling
+            if self.watcher.tagged(account, ticket.tag, broker_order_id):
+                return None  # a twin: the follower records and cancels it
+            if order is not None and is_terminal(order.status):
+                return to_state(order)
+        return None
 
     # 3. Place exactly once.
 
     @activity.defn(name="place_order_once")
     async def place_order_once(self, request: PlaceOrder) -> Placement:
-        ticket = request.ticket
-        broker = await self._broker(ticket.broker_account_id)
-        order_request = OrderRequest(
+        return await self._place(request.ticket, paced=False)
+
+    def _order_request(self, ticket: OrderTicket) -> OrderRequest:
+        return OrderRequest(
             exchange=ticket.exchange,
             tradingsymbol=ticket.symbol,
             transaction_type=ticket.transaction_type,
@@ -350,14 +427,24 @@ class OrderActivities:
             tag=ticket.tag,
             market_protection=ticket.policy.market_protection,
         )
-        await self.pacer.wait_turn(ticket.broker_account_id)
+
+    async def _place(self, ticket: OrderTicket, *, paced: bool) -> Placement:
+        """Stamp the send, send once, record the broker's order id; `paced`: the caller already waited
+        for the account's slot."""
+        broker = await self._broker(ticket.broker_account_id)
+        order_request = self._order_request(ticket)
+        if not paced:
+            await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
-        window = self._resend_window(ticket)
         try:
             # The last check before the broker: a strategy stopped while this entry queued sends nothing.
             previous_send = await self.store.start_placement(ticket.order_key, sent_at)
             if previous_send is not None:
                 # An earlier attempt (a retry, or a replay after a crash) may have reached the broker.
+                recorded = await self.store.get_order(ticket.order_key)
+                if recorded.broker_order_id is not None:  # it did, and the broker's answer was recorded
+                    return Placement(broker_order_id=recorded.broker_order_id, adopted=recorded.adopted,
+                                     resent=recorded.adopted)
                 existing = await self._adopt_placed(ticket, broker, previous_send)
                 if existing is not None:
                     return existing
@@ -366,6 +453,14 @@ class OrderActivities:
                 await self.store.set_placement_started(ticket.order_key, sent_at)
         except EntryStopped as stopped:
             raise ApplicationError(str(stopped), type=errors.ENTRY_STOPPED, non_retryable=True) from None
+        return await self._send(ticket, order_request, broker, sent_at, previous_send=previous_send)
+
+    async def _send(
+        self, ticket: OrderTicket, order_request: OrderRequest, broker: Broker, sent_at: datetime,
+        *, previous_send: datetime | None,
+    ) -> Placement:
+        """The one request, its send already stamped at `sent_at`; the broker's order id recorded."""
+        window = self._resend_window(ticket)
         try:
             try:
                 order_id = await broker.place_order(order_request)
@@ -581,18 +676,15 @@ class OrderActivities:
     async def finish_order(self, request: FinishOrder) -> None:
         state = request.state
         now = _now()
+        fill = None
         if state is not None and state.filled_quantity > 0:
-            await self.store.apply_fill(
-                Fill(
-                    workflow_id=request.order_key,
-                    filled_quantity=state.filled_quantity,
-                    average_price=state.average_price,
-                    status=state.status,
-                    filled_at=now,
-                )
+            fill = Fill(
+                workflow_id=request.order_key,
+                filled_quantity=state.filled_quantity,
+                average_price=state.average_price,
+                status=state.status,
+                filled_at=now,
             )
-        if request.needs_intervention:
-            await self.store.mark_intervention(request.strategy_id, request.intervention_reason or "see order")
         audit_outcome = {
             Outcome.FILLED: "SUCCESS",
             Outcome.PARTIALLY_FILLED: "SUCCESS",
@@ -606,13 +698,17 @@ class OrderActivities:
         if state is not None:
             result.update(state.model_dump(mode="json"))
         try:
-            await self.store.finish_order(
+            # One transaction: the fill, the flag for a person, the audit row's result and the outbox row.
+            await self.store.complete_order(
                 request.order_key,
+                fill,
                 audit_outcome,
                 state.status if state is not None else request.outcome.value,
                 result,
                 request.error,
                 now,
+                intervention=(request.intervention_reason or "see order") if request.needs_intervention else None,
+                strategy_id=request.strategy_id,
             )
         except StoreError as error:
             if not error.retryable:

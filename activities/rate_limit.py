@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from engine import errors
 from store import Store
+from store.rate_limits import SendSlot
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,17 @@ class StorePacer:
     async def wait_turn(self, account_id: int) -> None:
         """Return when this request of the account may be sent; raises PacingBacklog (retryable)."""
         slot = await self.store.reserve_send_slot(account_id, self.spacing, max_wait=self._wait_budget())
+        await self.take(slot)
+
+    def reservation(self) -> tuple[timedelta, timedelta]:
+        """(spacing, longest wait) of a reservation this caller makes itself, in a transaction of its own
+        (the order path's first one); `take` then waits for the slot it got."""
+        return self.spacing, self._wait_budget()
+
+    async def take(self, slot: SendSlot) -> None:
+        """Wait for a reserved slot; PacingBacklog (retryable) when none could be reserved."""
         if not slot.granted:
-            raise PacingBacklog(account_id, timedelta(seconds=slot.wait_seconds) + self.spacing)
+            raise PacingBacklog(slot.broker_account_id, timedelta(seconds=slot.wait_seconds) + self.spacing)
         if slot.wait_seconds > 0:
             await asyncio.sleep(slot.wait_seconds)
 

@@ -39,7 +39,7 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from engine.errors import ORDER_IN_FLIGHT, VALIDATION_FAILED
 from engine.logs import LogContextInterceptor
-from engine.models import Alert, BeginOrder, FinishOrder, FollowOrder, FollowResult, Outcome, Placement
+from engine.models import Alert, BeginOrder, BegunOrder, FinishOrder, FollowOrder, FollowResult, Outcome, Placement
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _seconds_since(start: datetime) -> float:
-    return max(0.0, (_now() - start).total_seconds())
+def _seconds_since(start: datetime, until: datetime | None = None) -> float:
+    return max(0.0, ((until or _now()) - start).total_seconds())
 
 
 class MetricsInterceptor(Interceptor):
@@ -133,11 +133,13 @@ class MetricsInterceptor(Interceptor):
         metrics = self.metrics
         if activity_type == "begin_and_place_order" and isinstance(argument, BeginOrder):
             # The fast path: begun and placed in one step.
-            self._track(argument.order_key, _OrderTimes(argument.intent.order_type.value, info.scheduled_time))
-            metrics.placement_latency.labels(argument.intent.order_type.value).observe(
-                _seconds_since(info.scheduled_time)
-            )
-            self._orders[argument.order_key].accepted = _now()
+            order_type = argument.intent.order_type.value
+            self._track(argument.order_key, _OrderTimes(order_type, info.scheduled_time))
+            placed_at = result.placed_at if isinstance(result, BegunOrder) and result.placed_at else _now()
+            metrics.placement_latency.labels(order_type).observe(_seconds_since(info.scheduled_time, placed_at))
+            self._orders[argument.order_key].accepted = placed_at
+            if isinstance(result, BegunOrder) and result.state is not None and result.state.status == "COMPLETE":
+                metrics.fill_latency.labels(order_type).observe(_seconds_since(placed_at))  # filled at once
         elif activity_type == "begin_order" and isinstance(argument, BeginOrder):
             if argument.order_key not in self._orders:
                 self._track(argument.order_key, _OrderTimes(argument.intent.order_type.value, info.scheduled_time))

@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
@@ -120,18 +121,25 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
         activities=parts.activities(),
-        # Following an order is an async activity that mostly waits: thousands fit in one worker.
-        max_concurrent_activities=2000,
-        max_concurrent_local_activities=500,
-        max_cached_workflows=2000,
         interceptors=interceptors,
-        # The sandbox still forbids non-deterministic calls; importing every module once instead of per
-        # workflow instance saves milliseconds of CPU on every order.
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
-        ),
+        **worker_tuning(),
     )
     return worker, parts
+
+
+def worker_tuning() -> dict[str, Any]:
+    """The worker's slots and runner (the benchmark's floor worker uses the same)."""
+    return {
+        # Following an order is an async activity that mostly waits: thousands fit in one worker.
+        "max_concurrent_activities": 2000,
+        "max_concurrent_local_activities": 500,
+        "max_cached_workflows": 2000,
+        # The sandbox still forbids non-deterministic calls; importing every module once instead of per
+        # workflow instance saves milliseconds of CPU on every order.
+        "workflow_runner": SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
+        ),
+    }
 
 
 async def main() -> None:

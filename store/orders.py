@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ from store import validation as check
 from store.base import StoreBase, strategy_record, to_record, utc_now
 from store.errors import EntryStopped, FillMismatch, InvalidInput, OrderInFlight, PlacementConflict
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
+from store.rate_limits import SendSlot, _microseconds, reserve_in
 from store.records import (
     ORDER_STATUS_NEW,
     ORDER_STATUS_PLACED,
@@ -115,6 +116,33 @@ def _event(order: Order, event_type: str, data: dict[str, Any], at: datetime) ->
     )
 
 
+def _checked_fill(fill: Fill) -> Fill:
+    checked = Fill(
+        workflow_id=_workflow_id(fill.workflow_id),
+        filled_quantity=check.non_negative_int(fill.filled_quantity, "filled_quantity"),
+        average_price=check.broker_price(fill.average_price, "average_price"),
+        status=_broker_status(fill.status),
+        filled_at=check.aware_datetime(fill.filled_at, "filled_at"),
+    )
+    if checked.filled_quantity > 0 and checked.average_price == 0:
+        raise InvalidInput(f"average_price must be above zero for a fill of {checked.filled_quantity}")
+    return checked
+
+
+def _flag_for_intervention(strategy: Strategy, why: str, now: datetime) -> None:
+    """Flag the locked strategy for a person; a flag already up keeps its first reason (usually the cause)."""
+    if strategy.needs_intervention:
+        if why == strategy.intervention_reason:
+            return
+        strategy.last_error = why
+    else:
+        strategy.needs_intervention = True
+        strategy.intervention_reason, strategy.intervention_at = why, now
+        strategy.intervention_cleared_by, strategy.intervention_cleared_at = None, None
+    strategy.last_action = f"manual intervention needed: {why}"
+    strategy.updated_at = now
+
+
 def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_price: Decimal) -> Decimal:
     if held == 0 or held_price is None:
         return added_price
@@ -188,6 +216,37 @@ class OrdersMixin(StoreBase):
     ) -> OrderRecord:
         """`begin_order` with the order built from the locked strategy: one read fewer on the order path.
         A replay finds its order and returns it; `build` and `validate` run only for a new one."""
+        order, _ = await self._begin(strategy_id, workflow_id, build, validate, None)
+        return order
+
+    async def begin_order_and_reserve(
+        self,
+        strategy_id: int,
+        workflow_id: str,
+        build: Callable[[StrategyRecord], NewOrder],
+        validate: Callable[[StrategyRecord], None],
+        *,
+        spacing: timedelta,
+        max_wait: timedelta,
+    ) -> tuple[OrderRecord, SendSlot | None]:
+        """`begin_order_for`, and in the same transaction the account's next send slot (as
+        `reserve_send_slot`): the order path's first transaction. When the slot is now, the placement's
+        send stamp is set too (as `start_placement`, under the same strategy lock, so an emergency stop
+        commits either before the attempt or after the stamp): the caller sends at once, and the
+        order's `placement_sent_at` says so. A replay reserves nothing (slot None)."""
+        return await self._begin(
+            strategy_id, workflow_id, build, validate, (_microseconds(spacing, "spacing"),
+                                                       _microseconds(max_wait, "max_wait"))
+        )
+
+    async def _begin(
+        self,
+        strategy_id: int,
+        workflow_id: str,
+        build: Callable[[StrategyRecord], NewOrder],
+        validate: Callable[[StrategyRecord], None],
+        pacing: tuple[int, int] | None,
+    ) -> tuple[OrderRecord, SendSlot | None]:
         workflow_id = _workflow_id(workflow_id)
         now = utc_now()
         try:
@@ -200,7 +259,7 @@ class OrdersMixin(StoreBase):
                             f"workflow {workflow_id!r} already holds an order of strategy "
                             f"{existing.strategy_id}, not {strategy.id}"
                         )
-                    return to_record(OrderRecord, existing)
+                    return to_record(OrderRecord, existing), None
                 validate(strategy_record(strategy))
                 new = _checked_new_order(build(strategy_record(strategy)))
                 if (new.strategy_id, new.workflow_id) != (strategy.id, workflow_id):
@@ -211,6 +270,12 @@ class OrdersMixin(StoreBase):
                     raise InvalidInput(f"strategy {strategy.id} belongs to user {strategy.user_id}, not {new.user_id}")
                 if strategy.active_order_workflow_id not in (None, new.workflow_id):
                     raise OrderInFlight(strategy.id, strategy.active_order_workflow_id)
+                slot, sent_at = None, None
+                if pacing is not None:
+                    spacing_us, max_wait_us = pacing
+                    slot = await reserve_in(session, self.dialect, strategy.broker_account_id, spacing_us, max_wait_us)
+                    if slot.granted and slot.wait_seconds == 0:
+                        sent_at = now  # the request leaves as soon as this commits
 
                 order = Order(
                     workflow_id=new.workflow_id,
@@ -230,6 +295,7 @@ class OrdersMixin(StoreBase):
                     adopted=False,
                     status=ORDER_STATUS_NEW,
                     filled_quantity=0,
+                    placement_sent_at=sent_at,
                     created_at=now,
                     updated_at=now,
                 )
@@ -262,6 +328,8 @@ class OrdersMixin(StoreBase):
                             "reason": order.reason,
                             "exit_reason": order.exit_reason,
                             "position_cycle": strategy.position_cycle,
+                            # Stamped with the attempt: no PLACEMENT_SENT row of its own.
+                            **({"sent_at": sent_at} if sent_at is not None else {}),
                         },
                         now,
                     )
@@ -277,7 +345,7 @@ class OrdersMixin(StoreBase):
                         strategy.status = StrategyStatus.SL_TRIGGERED
                 strategy.updated_at = now
                 await session.flush()
-                return to_record(OrderRecord, order)
+                return to_record(OrderRecord, order), slot
         except IntegrityError as exc:
             raise InvalidInput(f"workflow {workflow_id!r} already holds an order of another strategy") from exc
 
@@ -415,57 +483,53 @@ class OrdersMixin(StoreBase):
         BUY adds to the position (weighted entry price); SELL and SL_SELL reduce it and realise P&L;
         at zero the position is FLAT and the next cycle begins.
         """
-        fill = Fill(
-            workflow_id=_workflow_id(fill.workflow_id),
-            filled_quantity=check.non_negative_int(fill.filled_quantity, "filled_quantity"),
-            average_price=check.broker_price(fill.average_price, "average_price"),
-            status=_broker_status(fill.status),
-            filled_at=check.aware_datetime(fill.filled_at, "filled_at"),
-        )
-        if fill.filled_quantity > 0 and fill.average_price == 0:
-            raise InvalidInput(f"average_price must be above zero for a fill of {fill.filled_quantity}")
+        fill = _checked_fill(fill)
         async with self._write() as session:
             order, strategy = await self._lock_order_and_strategy(session, fill.workflow_id)
-            if order.fill_applied_at is not None and fill.filled_quantity <= order.applied_quantity:
-                return strategy_record(strategy)
-            if fill.filled_quantity > order.quantity:
-                raise FillMismatch(
-                    f"fill of {fill.filled_quantity} exceeds the {order.quantity} requested by order "
-                    f"{fill.workflow_id}; check the broker order"
-                )
-            increment = _fill_increment(order, fill)
-            _apply_fill_to_position(strategy, order, increment)
-            now = utc_now()
-            order.filled_quantity = max(order.filled_quantity, fill.filled_quantity)
-            order.applied_quantity = fill.filled_quantity
-            order.status = fill.status
-            if fill.filled_quantity > 0:
-                order.average_price, order.filled_at = fill.average_price, fill.filled_at
-                order.applied_average_price = fill.average_price
-            order.fill_applied_at = order.updated_at = now
-            strategy.last_action = (
-                f"{order.order_type} filled {fill.filled_quantity} of {order.quantity} at {fill.average_price}"
-            )
-            strategy.updated_at = now
-            session.add(
-                _event(
-                    order,
-                    OrderEventType.FILL_APPLIED if increment.filled_quantity == fill.filled_quantity
-                    else OrderEventType.FILL_ADDED,
-                    {
-                        "status": fill.status,
-                        "filled_quantity": fill.filled_quantity,
-                        "added_quantity": increment.filled_quantity,
-                        "average_price": fill.average_price,
-                        "filled_at": fill.filled_at,
-                        "open_quantity": strategy.open_quantity,
-                        "realized_pnl": strategy.realized_pnl,
-                    },
-                    now,
-                )
-            )
+            self._apply_fill_locked(session, order, strategy, fill)
             await session.flush()
             return strategy_record(strategy)
+
+    def _apply_fill_locked(self, session: AsyncSession, order: Order, strategy: Strategy, fill: Fill) -> None:
+        """apply_fill's change, on the order and strategy rows its caller holds locked."""
+        if order.fill_applied_at is not None and fill.filled_quantity <= order.applied_quantity:
+            return
+        if fill.filled_quantity > order.quantity:
+            raise FillMismatch(
+                f"fill of {fill.filled_quantity} exceeds the {order.quantity} requested by order "
+                f"{fill.workflow_id}; check the broker order"
+            )
+        increment = _fill_increment(order, fill)
+        _apply_fill_to_position(strategy, order, increment)
+        now = utc_now()
+        order.filled_quantity = max(order.filled_quantity, fill.filled_quantity)
+        order.applied_quantity = fill.filled_quantity
+        order.status = fill.status
+        if fill.filled_quantity > 0:
+            order.average_price, order.filled_at = fill.average_price, fill.filled_at
+            order.applied_average_price = fill.average_price
+        order.fill_applied_at = order.updated_at = now
+        strategy.last_action = (
+            f"{order.order_type} filled {fill.filled_quantity} of {order.quantity} at {fill.average_price}"
+        )
+        strategy.updated_at = now
+        session.add(
+            _event(
+                order,
+                OrderEventType.FILL_APPLIED if increment.filled_quantity == fill.filled_quantity
+                else OrderEventType.FILL_ADDED,
+                {
+                    "status": fill.status,
+                    "filled_quantity": fill.filled_quantity,
+                    "added_quantity": increment.filled_quantity,
+                    "average_price": fill.average_price,
+                    "filled_at": fill.filled_at,
+                    "open_quantity": strategy.open_quantity,
+                    "realized_pnl": strategy.realized_pnl,
+                },
+                now,
+            )
+        )
 
     async def finish_order(
         self,
@@ -478,19 +542,47 @@ class OrdersMixin(StoreBase):
     ) -> OrderRecord:
         """Close the audit row, free the strategy for its next order, and queue the ORDER_EXECUTED
         event (the outbox) in the same transaction. A second call changes nothing."""
+        return await self.complete_order(workflow_id, None, outcome, status, result, error, completed_at)
+
+    async def complete_order(
+        self,
+        workflow_id: str,
+        fill: Fill | None,
+        outcome: str,
+        status: str,
+        result: dict[str, Any],
+        error: str | None,
+        completed_at: datetime,
+        *,
+        intervention: str | None = None,
+        strategy_id: int | None = None,
+    ) -> OrderRecord:
+        """The end of an order in one transaction: `apply_fill(fill)` (if any), the strategy flagged for
+        a person (`intervention`, as `mark_intervention`), and `finish_order`: the position, the audit
+        row's result and the ORDER_EXECUTED outbox row commit together or not at all. With the order's
+        `strategy_id` known, the order row is read once. A second call changes nothing."""
         workflow_id = _workflow_id(workflow_id)
+        checked_fill = _checked_fill(fill) if fill is not None else None
+        if checked_fill is not None and checked_fill.workflow_id != workflow_id:
+            raise InvalidInput(f"fill of order {checked_fill.workflow_id} given to complete order {workflow_id}")
         final = LogStatus(check.choice(outcome, "outcome", FINISHED_OUTCOMES))
         final_status = _broker_status(status)
         result_data = check.json_object(result, "result")
         error_message = check.optional_text(error, "error", max_length=10_000)
         completed = check.aware_datetime(completed_at, "completed_at")
+        why = check.text(intervention, "intervention", max_length=2000) if intervention is not None else None
         async with self._write() as session:
-            order, strategy = await self._lock_order_and_strategy(session, workflow_id)
+            order, strategy = await self._lock_order_and_strategy(session, workflow_id, strategy_id=strategy_id)
             if order.outcome is not None:
                 return to_record(OrderRecord, order)
+            # Every read before the first change: the changes then go out in one flush, not two.
             log = await session.scalar(select(OrderLog).where(OrderLog.order_id == order.id).with_for_update())
             if log is None:
                 raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
+            if checked_fill is not None and checked_fill.filled_quantity > 0:
+                self._apply_fill_locked(session, order, strategy, checked_fill)
+            if why is not None:
+                _flag_for_intervention(strategy, why, utc_now())
             log.status = final
             log.result, log.error_message, log.completed_at = result_data, error_message, completed
             log.execution_time_ms = max(0, round((completed - log.attempted_at).total_seconds() * 1000))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Integer, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from store.base import StoreBase
@@ -71,39 +72,47 @@ class RateLimitsMixin(StoreBase):
         if spacing_us == 0:
             raise InvalidInput("spacing must be positive: it is the time between two order requests")
         max_wait_us = None if max_wait is None else _microseconds(max_wait, "max_wait")
-        row = OrderRateLimit
         async with self._write() as session:
-            now = self._clock_us()
-            dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            latest = func.greatest if self.dialect == "postgresql" else func.max
-            statement = (
-                dialect_insert(row)
-                .values(broker_account_id=account_id, next_free_us=now + spacing_us)
-                .on_conflict_do_update(
-                    index_elements=[row.broker_account_id],
-                    set_={"next_free_us": latest(row.next_free_us, now) + spacing_us},
-                    where=None if max_wait_us is None else row.next_free_us <= now + max_wait_us,
-                )
-                .returning(row.next_free_us, now.label("now_us"))
-            )
-            reserved = (await session.execute(statement)).one_or_none()
-            if reserved is not None:
-                send_at_us = reserved.next_free_us - spacing_us
-                wait_seconds = max(0, send_at_us - reserved.now_us) / MICROSECONDS
-                send_at = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=send_at_us)
-                return SendSlot(account_id, True, wait_seconds, send_at)
-            assert max_wait_us is not None  # only a bounded reservation can be refused
-            queue = (
-                await session.execute(
-                    select(row.next_free_us, now.label("now_us")).where(row.broker_account_id == account_id)
-                )
-            ).one()
-            opens_in_us = queue.next_free_us - max_wait_us - queue.now_us
-            return SendSlot(account_id, False, max(0, opens_in_us) / MICROSECONDS)
+            return await reserve_in(session, self.dialect, account_id, spacing_us, max_wait_us)
 
-    def _clock_us(self) -> ColumnElement[int]:
-        """Now, in microseconds since the epoch: the database's clock where it has one to share."""
-        if self.dialect == "postgresql":
-            # statement_timestamp(): one value for the whole statement, wherever it is used in it.
-            return cast(func.extract("epoch", func.statement_timestamp()) * MICROSECONDS, BigInteger)
-        return literal(time.time_ns() // 1000, BigInteger)  # SQLite: one machine, one clock
+
+async def reserve_in(
+    session: AsyncSession, dialect: str, account_id: int, spacing_us: int, max_wait_us: int | None
+) -> SendSlot:
+    """`reserve_send_slot` inside the caller's transaction (the order path's first one holds it too)."""
+    row = OrderRateLimit
+    now = clock_us(dialect)
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    latest = func.greatest if dialect == "postgresql" else func.max
+    statement = (
+        dialect_insert(row)
+        .values(broker_account_id=account_id, next_free_us=now + spacing_us)
+        .on_conflict_do_update(
+            index_elements=[row.broker_account_id],
+            set_={"next_free_us": latest(row.next_free_us, now) + spacing_us},
+            where=None if max_wait_us is None else row.next_free_us <= now + max_wait_us,
+        )
+        .returning(row.next_free_us, now.label("now_us"))
+    )
+    reserved = (await session.execute(statement)).one_or_none()
+    if reserved is not None:
+        send_at_us = reserved.next_free_us - spacing_us
+        wait_seconds = max(0, send_at_us - reserved.now_us) / MICROSECONDS
+        send_at = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=send_at_us)
+        return SendSlot(account_id, True, wait_seconds, send_at)
+    assert max_wait_us is not None  # only a bounded reservation can be refused
+    queue = (
+        await session.execute(
+            select(row.next_free_us, now.label("now_us")).where(row.broker_account_id == account_id)
+        )
+    ).one()
+    opens_in_us = queue.next_free_us - max_wait_us - queue.now_us
+    return SendSlot(account_id, False, max(0, opens_in_us) / MICROSECONDS)
+
+
+def clock_us(dialect: str) -> ColumnElement[int]:
+    """Now, in microseconds since the epoch: the database's clock where it has one to share."""
+    if dialect == "postgresql":
+        # statement_timestamp(): one value for the whole statement, wherever it is used in it.
+        return cast(func.extract("epoch", func.statement_timestamp()) * MICROSECONDS, BigInteger)
+    return literal(time.time_ns() // 1000, BigInteger)  # SQLite: one machine, one clock

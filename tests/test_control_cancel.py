@@ -104,10 +104,11 @@ async def test_cancel_requested_in_temporal_cancels_at_the_broker_and_the_intent
 @pytest.mark.parametrize(
     ("fill", "outcome", "filled", "accepted"),
     [
-        # Filled while the cancel was on its way: the broker refuses it; the fill is kept.
-        ({"delay_seconds": 0.5}, Outcome.FILLED, 10, False),
+        # Filled after the fast path's 1 s watch, while the cancel was on its way: the broker refuses it;
+        # the fill is kept.
+        ({"delay_seconds": 1.5}, Outcome.FILLED, 10, False),
         # Half filled while the cancel was on its way: the rest is cancelled; the half is kept.
-        ({"delay_seconds": 0.5, "fill_ratio": "0.5"}, Outcome.PARTIALLY_FILLED, 5, True),
+        ({"delay_seconds": 1.5, "fill_ratio": "0.5"}, Outcome.PARTIALLY_FILLED, 5, True),
     ],
 )
 async def test_a_fill_racing_the_cancel_is_kept_and_applied(

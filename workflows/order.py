@@ -224,11 +224,12 @@ class OrderWorkflow:
             )
             ticket, first_failure = begun.ticket, None
             placement: Placement | None = begun.placement
+            filled_at_once = begun.state
         except FailureError as failed:
             cause = _cause(failed)
             if cause is not None and cause.type in (errors.VALIDATION_FAILED, errors.ORDER_IN_FLIGHT):
                 return await self._end_unplaced(key, None, Outcome.INVALID, failed)
-            first_failure, placement = failed, None
+            first_failure, placement, filled_at_once = failed, None, None
             try:
                 ticket = await workflow.execute_local_activity_method(  # idempotent: the recorded attempt
                     OrderActivities.begin_order, begin, start_to_close_timeout=timedelta(seconds=10),
@@ -268,10 +269,16 @@ class OrderWorkflow:
                 return await self._end_unplaced(key, ticket, outcome, failure)
         self._broker_order_id = placement.broker_order_id
         self._placement = placement
+        if filled_at_once is not None:
+            # The fast path saw the order end within its bound: no follower, and the search attributes
+            # are set once, with the result (`_conclude`).
+            self._state = filled_at_once
+            self._set_details()
+            return await self._end_placed(key, ticket, filled_at_once, False)
+        # Followed for longer: the UI finds the order by its broker id while it is live.
         workflow.upsert_search_attributes(
             [BROKER_ORDER_ID.value_set(placement.broker_order_id), ORDER_STATUS.value_set("PLACED")]
         )
-
         state, timed_out = await self._follow_to_end(ticket, placement.broker_order_id)
         return await self._end_placed(key, ticket, state, timed_out)
 
@@ -548,7 +555,10 @@ class OrderWorkflow:
         complete otherwise, so that this workflow id refuses every repeat."""
         self._result = result
         self._set_stage("done")
-        workflow.upsert_search_attributes([ORDER_STATUS.value_set(result.outcome.value)])
+        final = [ORDER_STATUS.value_set(result.outcome.value)]
+        if self._broker_order_id is not None:  # set here alone when the fast path finished the order
+            final.append(BROKER_ORDER_ID.value_set(self._broker_order_id))
+        workflow.upsert_search_attributes(final)
         if result.filled_quantity > 0 or result.outcome not in RETRYABLE_OUTCOMES:
             return result
         raise ApplicationError(
