@@ -308,6 +308,7 @@ class OrderActivities:
                 broker_timeout_seconds=self.settings.broker_http_timeout_seconds,
                 market_protection=self.settings.market_protection,
                 twin_watch_seconds=self.settings.twin_watch_seconds,
+                follow_heartbeat_timeout_seconds=self.settings.follow_heartbeat_timeout_seconds,
             ),
         )
         stamped = slot is not None and seen != [] and order.placement_sent_at is not None

@@ -65,6 +65,8 @@ class OrderPolicy(BaseModel):
     broker_timeout_seconds: float
     market_protection: int | None = None
     twin_watch_seconds: float = 120.0
+    # A follower silent this long is taken for dead and its attempt retried elsewhere.
+    follow_heartbeat_timeout_seconds: float = 30.0
 
 
 class OrderTicket(BaseModel):

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     resend_quiet_seconds_stop_loss: float = Field(default=0.0, ge=0)
     # How long an order sent more than once has its tag watched after it ended, for a twin.
     twin_watch_seconds: float = Field(default=120.0, ge=0)
+    # A follower (the heartbeating activity) silent this long is taken for dead (a killed worker) and its
+    # order followed by another worker. Heartbeats are throttled to 80% of it.
+    follow_heartbeat_timeout_seconds: float = Field(default=30.0, ge=1)
 
     # Reconciliation (docs/control.md). Kite squares off open MIS positions itself from this time (IST).
     broker_square_off_time: time = time(15, 20)

@@ -36,6 +36,7 @@ def worker_env(server: DevServer, database_url: str, secret_key: str, paper_url:
         "ENGINE_ENFORCE_MARKET_HOURS": "false",
         "ENGINE_BROKER_HTTP_TIMEOUT_SECONDS": "3",
         "ENGINE_ORDER_POLL_INTERVAL_SECONDS": "0.05",
+        "ENGINE_FOLLOW_HEARTBEAT_TIMEOUT_SECONDS": "4",  # the killed follower is taken for dead sooner
         "PYTHONUNBUFFERED": "1",
         "ENGINE_METRICS_PORT": "0",
         "ENGINE_TEMPORAL_METRICS_PORT": "0",

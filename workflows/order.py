@@ -370,7 +370,9 @@ class OrderWorkflow:
                     poll_interval_seconds=policy.poll_interval_seconds, last_known=self._state,
                 ),
                 start_to_close_timeout=timedelta(seconds=policy.timeout_seconds) + CANCEL_GRACE * 2,
-                heartbeat_timeout=timedelta(seconds=max(30.0, policy.poll_interval_seconds * 20)),
+                heartbeat_timeout=timedelta(
+                    seconds=max(policy.follow_heartbeat_timeout_seconds, policy.poll_interval_seconds * 20)
+                ),
                 retry_policy=BROKER_CALL_RETRY,
                 # The follower hears of a cancel only at its next (throttled) heartbeat: the broker's cancel
                 # must not wait for that. A stale follower's late updates never win (`supersedes`).
