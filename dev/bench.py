@@ -582,6 +582,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=int(env("BENCH_IN_FLIGHT", "1000")),
                         help="orders held in flight for the RSS figure (default 1000; 0 skips it)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument("--no-ticks", dest="ticks", action="store_false",
+                        help="leave out the tick → order run of dev/bench_ticks.py")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the engine's steady run (worker 1 and the starter) here")
     args = parser.parse_args(argv)
@@ -730,8 +732,10 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             "floor": {"orders_per_second": round(floor_burst.rate, 1), "eager_starts": floor_burst.eager,
                       "history": floor_burst_history, "cpu_ms_per_order": floor_burst.cpu_per_order},
         }
-    # dev/bench_ticks.py (tick → order) returns a dict of its own; it is merged here, under "ticks":
-    #     results["ticks"] = await bench_ticks.run(stack)
+    if args.ticks:  # tick → order at the broker through the market-data service, on a stack of its own
+        from dev.bench_ticks import bench_ticks
+
+        results["ticks"] = await bench_ticks()
     report(results)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print("\nfor the README:\n")
