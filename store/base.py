@@ -176,3 +176,17 @@ class StoreBase:
 
 def strategy_record(row: Strategy) -> StrategyRecord:
     return to_record(StrategyRecord, row)
+
+
+def flag_for_intervention(strategy: Strategy, why: str, now: datetime) -> None:
+    """Flag the locked strategy for a person; a flag already up keeps its first reason (usually the cause)."""
+    if strategy.needs_intervention:
+        if why == strategy.intervention_reason:
+            return
+        strategy.last_error = why
+    else:
+        strategy.needs_intervention = True
+        strategy.intervention_reason, strategy.intervention_at = why, now
+        strategy.intervention_cleared_by, strategy.intervention_cleared_at = None, None
+    strategy.last_action = f"manual intervention needed: {why}"
+    strategy.updated_at = now

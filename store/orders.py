@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.order_state import is_terminal
 from store import validation as check
-from store.base import StoreBase, strategy_record, to_record, utc_now
+from store.base import StoreBase, flag_for_intervention, strategy_record, to_record, utc_now
 from store.errors import EntryStopped, FillMismatch, InvalidInput, OrderInFlight, PlacementConflict
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
 from store.rate_limits import SendSlot, _microseconds, reserve_in
@@ -129,18 +129,6 @@ def _checked_fill(fill: Fill) -> Fill:
     return checked
 
 
-def _flag_for_intervention(strategy: Strategy, why: str, now: datetime) -> None:
-    """Flag the locked strategy for a person; a flag already up keeps its first reason (usually the cause)."""
-    if strategy.needs_intervention:
-        if why == strategy.intervention_reason:
-            return
-        strategy.last_error = why
-    else:
-        strategy.needs_intervention = True
-        strategy.intervention_reason, strategy.intervention_at = why, now
-        strategy.intervention_cleared_by, strategy.intervention_cleared_at = None, None
-    strategy.last_action = f"manual intervention needed: {why}"
-    strategy.updated_at = now
 
 
 def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_price: Decimal) -> Decimal:
@@ -582,7 +570,7 @@ class OrdersMixin(StoreBase):
             if checked_fill is not None and checked_fill.filled_quantity > 0:
                 self._apply_fill_locked(session, order, strategy, checked_fill)
             if why is not None:
-                _flag_for_intervention(strategy, why, utc_now())
+                flag_for_intervention(strategy, why, utc_now())
             log.status = final
             log.result, log.error_message, log.completed_at = result_data, error_message, completed
             log.execution_time_ms = max(0, round((completed - log.attempted_at).total_seconds() * 1000))

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import validation as check
-from store.base import StoreBase, strategy_record, utc_now
+from store.base import StoreBase, flag_for_intervention, strategy_record, utc_now
 from store.errors import AlreadyExists, InvalidInput
 from store.models import Strategy, StrategyEvent
 from store.records import PositionSide, StrategyEventType, StrategyRecord, StrategySpec, StrategyStatus
@@ -220,17 +220,7 @@ class StrategiesMixin(StoreBase):
         why = check.text(reason, "reason", max_length=2000)
         async with self._write() as session:
             strategy = await self._strategy_row(session, strategy_id, lock=True)
-            now = utc_now()
-            if strategy.needs_intervention:
-                if why == strategy.intervention_reason:
-                    return strategy_record(strategy)
-                strategy.last_error = why
-            else:
-                strategy.needs_intervention = True
-                strategy.intervention_reason, strategy.intervention_at = why, now
-                strategy.intervention_cleared_by, strategy.intervention_cleared_at = None, None
-            strategy.last_action = f"manual intervention needed: {why}"
-            strategy.updated_at = now
+            flag_for_intervention(strategy, why, utc_now())
             await session.flush()
             return strategy_record(strategy)
 
