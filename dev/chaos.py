@@ -104,6 +104,9 @@ class Tally:
         return ", ".join(f"{key} {value}" for key, value in sorted(counter.items())) or "-"
 
 
+MAX_PENDING_FAULTS = 3
+
+
 class Chaos:
     def __init__(self, args: argparse.Namespace, root: Path):
         self.args = args
@@ -313,6 +316,10 @@ class Chaos:
             await asyncio.sleep(0.7)
             name, inject = opening.pop(0) if opening else self.random.choice(kinds)
             with contextlib.suppress(Exception):
+                # Faults wait for a request to consume them: once few orders are left, unconsumed ones
+                # would pile up and fail every request of the last order. A few pending at a time.
+                if not opening and len(self.control.faults()) >= MAX_PENDING_FAULTS:
+                    continue
                 inject()
                 if name != "worker SIGKILL":  # counted where it happens
                     self.tally.faults[name] += 1
