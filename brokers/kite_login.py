@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from urllib.parse import quote, urlencode
 
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_exceptions
 
 from brokers.errors import BrokerError, SessionExpiredError
+from engine.market_hours import IST
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 TOKEN_EXPIRY_HOUR = 6  # Kite's access tokens die at 06:00 IST the day after login
 
 

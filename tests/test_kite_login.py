@@ -18,7 +18,7 @@ from kiteconnect import exceptions as kite_errors
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from apps.api.main import create_app
-from brokers.kite_login import IST
+from engine.market_hours import IST
 from engine.models import Outcome
 from engine.temporal import ended_order_result
 from starter.logins import AccountLogins, LoginFailed

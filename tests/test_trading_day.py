@@ -24,7 +24,7 @@ from temporalio.client import Client
 from apps.api.main import create_app
 from apps.market_data import build_service, serve
 from apps.worker import build_worker
-from brokers.kite_login import IST
+from engine.market_hours import IST
 from engine.models import OrderResult, Outcome
 from starter.logins import AccountLogins
 from starter.schedules import Leg, StrategySchedules, schedule_id

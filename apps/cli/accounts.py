@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from apps.cli.common import OK, Cli, pairs_table, positive_int
-from brokers.kite_login import IST
+from engine.market_hours import IST
 from starter.deps import TemporalUnavailable, temporal_call
 from starter.logins import AccountLogins
 from starter.schedules import AccountReconcileSchedules, reconcile_schedule_id

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from apps.api.deps import ServicesDep, UserDep, owned_account
 from apps.api.errors import ERROR_RESPONSES
-from brokers.kite_login import IST
+from engine.market_hours import IST
 from starter.deps import MAX_ID
 from starter.logins import AccountLogins, LoginFailed
 from store.errors import InvalidInput, NotFound
