@@ -122,18 +122,21 @@ def build_worker(
         workflows=WORKFLOWS,
         activities=parts.activities(),
         interceptors=interceptors,
-        **worker_tuning(),
+        **worker_tuning(settings),
     )
     return worker, parts
 
 
-def worker_tuning() -> dict[str, Any]:
+def worker_tuning(settings: Settings) -> dict[str, Any]:
     """The worker's slots and runner (the benchmark's floor worker uses the same)."""
     return {
+        # A burst beyond these waits in Temporal's queue, where a first workflow task has no timeout,
+        # instead of on this event loop, where it would (ENGINE_WORKER_WORKFLOW_TASK_SLOTS).
+        "max_concurrent_workflow_tasks": settings.worker_workflow_task_slots,
+        "max_concurrent_local_activities": 2 * settings.worker_workflow_task_slots,
         # Following an order is an async activity that mostly waits: thousands fit in one worker.
         "max_concurrent_activities": 2000,
-        "max_concurrent_local_activities": 500,
-        "max_cached_workflows": 2000,
+        "max_cached_workflows": settings.worker_cached_workflows,
         # The sandbox still forbids non-deterministic calls; importing every module once instead of per
         # workflow instance saves milliseconds of CPU on every order.
         "workflow_runner": SandboxedWorkflowRunner(

@@ -230,13 +230,14 @@ class SqlCounter:
 
 @contextmanager
 def profiled(path: Path | None) -> Iterator[None]:
-    """cProfile of the bench process (worker 1 and the starter) during the engine's steady run."""
+    """cProfile of the bench process's main thread (worker 1 and the starter) during the engine's steady
+    run, in CPU time."""
     if path is None:
         yield
         return
     import cProfile
 
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)  # the main thread's CPU time, not wall time spent waiting
     profile.enable()
     try:
         yield
@@ -432,6 +433,9 @@ async def history_counts(handles: list[WorkflowHandle[Any, Any]]) -> dict[str, f
                 totals["heartbeat timeouts" if kind == TimeoutType.TIMEOUT_TYPE_HEARTBEAT else "activity timeouts"] += 1
             elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
                 totals["workflow task timeouts"] += 1
+                kind = e.workflow_task_timed_out_event_attributes.timeout_type
+                totals["· waiting on the sticky queue" if kind == TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START
+                       else "· running on the worker"] += 1
             elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
                 totals["workflow task failures"] += 1
             elif e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
@@ -447,7 +451,8 @@ async def history_counts(handles: list[WorkflowHandle[Any, Any]]) -> dict[str, f
     n = len(handles)
     counts: dict[str, float] = {k: totals[k] for k in (
         "activity retries", "heartbeat timeouts", "activity timeouts", "workflow task timeouts",
-        "workflow task failures", "orders with a regular activity")}
+        "· waiting on the sticky queue", "· running on the worker", "workflow task failures",
+        "orders with a regular activity")}
     for k in ("events", "workflow tasks", "local activities", "regular activities", "search attribute upserts"):
         counts[f"{k} per order"] = round(totals[k] / n, 2)
     return counts
@@ -777,7 +782,8 @@ def report(results: dict[str, Any]) -> None:
         print(f"{'orders per second':44}{e['orders_per_second']:>10}{f['orders_per_second']:>10}")
         print(f"{'eager starts accepted':44}{e['eager_starts']:>10}{f['eager_starts']:>10}")
         for key in ("activity retries", "heartbeat timeouts", "activity timeouts", "workflow task timeouts",
-                    "workflow task failures", "orders with a regular activity"):
+                    "· waiting on the sticky queue", "· running on the worker", "workflow task failures",
+                    "orders with a regular activity"):
             print(f"{key:44}{e['history'][key]:>10}{f['history'][key]:>10}")
         lat = e["trigger_to_broker_ms"]
         print(f"{'trigger -> broker p50 / p99 (ms)':44}{lat['p50']:>10}{lat['p99']:>10}")

@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from apps.worker import worker_tuning
+from engine.settings import Settings
 
 
 @activity.defn(name="floor_local")
@@ -47,7 +48,7 @@ class FloorWorkflow:
 def floor_worker(client: Client, task_queue: str) -> Worker:
     return Worker(
         client, task_queue=task_queue, workflows=[FloorWorkflow], activities=[floor_local, floor_follow],
-        **worker_tuning(),
+        **worker_tuning(Settings()),
     )
 
 

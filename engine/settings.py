@@ -59,6 +59,14 @@ class Settings(BaseSettings):
 
     # Temporal.
     task_queue: str = "orders"
+    # Workflow tasks one worker process holds at once (docs/deployment.md, "Sizing"). Each order's first
+    # task holds its slot while it places the order and watches for the fill, so this bounds how much of
+    # a burst one Python event loop takes on; the rest waits, untimed, in Temporal's queue, and no task
+    # held here outlives its timeout.
+    worker_workflow_task_slots: int = Field(default=40, ge=1, le=1000)
+    # Order workflows kept in the worker's memory between their tasks; one evicted is replayed from its
+    # history when its next task comes.
+    worker_cached_workflows: int = Field(default=1000, ge=0)
 
     # Orders.
     order_retry_attempts: int = Field(default=5, ge=1)
