@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     # a burst one Python event loop takes on; the rest waits, untimed, in Temporal's queue, and no task
     # held here outlives its timeout.
     worker_workflow_task_slots: int = Field(default=40, ge=1, le=1000)
-    # Order workflows kept in the worker's memory between their tasks; one evicted is replayed from its
-    # history when its next task comes.
-    worker_cached_workflows: int = Field(default=1000, ge=0)
+    # Order workflows kept in the worker's memory between their tasks, about 120 kB each; one evicted
+    # is replayed from its short history when its next task comes (an order followed past its first
+    # task, when it fills). Most orders end in their first task and are never kept.
+    worker_cached_workflows: int = Field(default=200, ge=0)
 
     # Orders.
     order_retry_attempts: int = Field(default=5, ge=1)
