@@ -7,6 +7,13 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 IST = ZoneInfo("Asia/Kolkata")
+
+
+def in_ist(moment: datetime | None) -> datetime | None:
+    """A time Kite gives as its IST wall clock, without a zone, as the moment it is; aware ones as they are."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=IST)
 MARKET_OPEN = time(9, 15)
 MARKET_CLOSE = time(15, 30)
 

@@ -20,6 +20,7 @@ from brokers.base import Broker, BrokerOrder, BrokerTrade
 from brokers.errors import BrokerError, RateLimitedError
 from brokers.factory import KiteBrokerFactory
 from engine.charges import RATES_AS_OF, RATES_SOURCE, Charges, ChargesError, Execution, day_charges
+from engine.market_hours import in_ist
 from engine.settings import Settings
 from store import Store
 from store.errors import InvalidInput
@@ -545,7 +546,8 @@ def _broker_order_out(row: BrokerOrder) -> BrokerOrderOut:
     return BrokerOrderOut(
         order_id=row.order_id, status=row.status, symbol=row.tradingsymbol, exchange=row.exchange,
         side=row.transaction_type, product=row.product, quantity=row.quantity, filled_quantity=row.filled_quantity,
-        average_price=row.average_price, tag=row.tag, timestamp=row.exchange_update_timestamp or row.order_timestamp,
+        average_price=row.average_price, tag=row.tag,
+        timestamp=in_ist(row.exchange_update_timestamp or row.order_timestamp),
     )
 
 
@@ -553,5 +555,5 @@ def _broker_trade_out(trade: BrokerTrade) -> BrokerTradeOut:
     return BrokerTradeOut(
         trade_id=trade.trade_id, order_id=trade.order_id, symbol=trade.tradingsymbol, exchange=trade.exchange,
         side=trade.transaction_type, product=trade.product, quantity=trade.quantity, price=trade.price,
-        filled_at=trade.fill_timestamp,
+        filled_at=in_ist(trade.fill_timestamp),
     )

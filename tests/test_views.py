@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -121,6 +122,9 @@ async def test_a_traders_day_reads_the_same_in_the_cli_and_the_api_and_beside_ki
         ("BUY", 4, "2500.05", 4, "2500.05", None),
     ]
     assert [t["symbol"] for t in trades["broker_only"]] == ["INFY"]
+    # Kite's times are IST wall clocks without a zone: the API says which moment they are.
+    for moment in [t["filled_at"] for t in trades["broker_only"]] + [o["broker"]["timestamp"] for o in book["orders"]]:
+        assert datetime.fromisoformat(moment).utcoffset() == timedelta(hours=5, minutes=30), moment
 
     # The audit history's rows say what each order was.
     history = await both(engine_cli, api, alice, f"/execution/history?strategy_id={sid}&limit=5",
