@@ -22,6 +22,7 @@ from brokers.errors import (
     BrokerError,
     DefinitiveBrokerError,
     RateLimitedError,
+    SendSlotMissedError,
     SessionExpiredError,
 )
 from engine import errors
@@ -78,25 +79,34 @@ class BrokerFactory(Protocol):
 class OrderPacer(Protocol):
     """Spaces order requests (place, modify, cancel) of one broker account across every worker."""
 
-    async def wait_turn(self, account_id: int) -> None: ...
+    async def wait_turn(self, account_id: int) -> float | None:
+        """Wait for the account's next send slot; answers the request's `send_by` (None: any time)."""
+        ...
 
     def reservation(self) -> tuple[timedelta, timedelta] | None:
         """(spacing, longest wait) for a slot reserved in the caller's own transaction; None: no pacing."""
         ...
 
-    async def take(self, slot: SendSlot) -> None:
-        """Wait for a slot reserved that way (raises when none was granted)."""
+    async def reserve(self, account_id: int) -> SendSlot:
+        """The account's next send slot, to `take` after the caller's own step (granted or not)."""
+        ...
+
+    async def take(self, slot: SendSlot) -> float | None:
+        """Wait for a slot reserved that way and answer its `send_by` (raises when none was granted)."""
         ...
 
 
 class NoPacing:
-    async def wait_turn(self, account_id: int) -> None:
+    async def wait_turn(self, account_id: int) -> float | None:
         return None
+
+    async def reserve(self, account_id: int) -> SendSlot:
+        return SendSlot(account_id, True, 0.0)
 
     def reservation(self) -> tuple[timedelta, timedelta] | None:
         return None
 
-    async def take(self, slot: SendSlot) -> None:
+    async def take(self, slot: SendSlot) -> float | None:
         return None
 
 
@@ -383,13 +393,15 @@ class OrderActivities:
         """
         # One transaction: the attempt, the account's send slot and, when the slot is now, the send stamp.
         ticket, slot, stamped = await self._begin(request, reserve=True)
+        # A slot later than now is waited for here, and the send stamped after it, as ever.
+        send_by = await self.pacer.take(slot) if slot is not None else None
         if stamped:
             broker = await self._broker(ticket.broker_account_id)
-            placement = await self._send(ticket, self._order_request(ticket), broker, _now(), previous_send=None)
+            placement = await self._send(
+                ticket, self._order_request(ticket), broker, _now(), previous_send=None, send_by=send_by
+            )
         else:
-            if slot is not None:
-                await self.pacer.take(slot)  # a slot later than now: wait for it, then stamp as ever
-            placement = await self._place(ticket, paced=slot is not None)
+            placement = await self._place(ticket, paced=slot is not None, send_by=send_by)
         placed_at = _now()
         state = await self._filled_at_once(ticket, placement.broker_order_id)
         return BegunOrder(ticket=ticket, placement=placement, state=state, placed_at=placed_at)
@@ -429,13 +441,13 @@ class OrderActivities:
             market_protection=ticket.policy.market_protection,
         )
 
-    async def _place(self, ticket: OrderTicket, *, paced: bool) -> Placement:
+    async def _place(self, ticket: OrderTicket, *, paced: bool, send_by: float | None = None) -> Placement:
         """Stamp the send, send once, record the broker's order id; `paced`: the caller already waited
-        for the account's slot."""
+        for the account's slot, which ends at `send_by`."""
         broker = await self._broker(ticket.broker_account_id)
         order_request = self._order_request(ticket)
         if not paced:
-            await self.pacer.wait_turn(ticket.broker_account_id)
+            send_by = await self.pacer.wait_turn(ticket.broker_account_id)
         sent_at = _now()
         try:
             # The last check before the broker: a strategy stopped while this entry queued sends nothing.
@@ -449,22 +461,22 @@ class OrderActivities:
                 existing = await self._adopt_placed(ticket, broker, previous_send)
                 if existing is not None:
                     return existing
-                await self.pacer.wait_turn(ticket.broker_account_id)
+                send_by = await self.pacer.wait_turn(ticket.broker_account_id)
                 sent_at = _now()
                 await self.store.set_placement_started(ticket.order_key, sent_at)
         except EntryStopped as stopped:
             raise ApplicationError(str(stopped), type=errors.ENTRY_STOPPED, non_retryable=True) from None
-        return await self._send(ticket, order_request, broker, sent_at, previous_send=previous_send)
+        return await self._send(ticket, order_request, broker, sent_at, previous_send=previous_send, send_by=send_by)
 
     async def _send(
         self, ticket: OrderTicket, order_request: OrderRequest, broker: Broker, sent_at: datetime,
-        *, previous_send: datetime | None,
+        *, previous_send: datetime | None, send_by: float | None,
     ) -> Placement:
         """The one request, its send already stamped at `sent_at`; the broker's order id recorded."""
         window = self._resend_window(ticket)
         try:
             try:
-                order_id = await broker.place_order(order_request)
+                order_id, sent_at = await self._send_in_slot(ticket, order_request, broker, sent_at, send_by)
             except SessionExpiredError:
                 try:
                     renewed = await self._renewed_broker(ticket.broker_account_id, broker)
@@ -478,6 +490,28 @@ class OrderActivities:
             raise broker_failure(error, sent_at=sent_at, window=window) from None
         await self.store.record_placement(ticket.order_key, order_id, sent_at, adopted=False)
         return Placement(broker_order_id=order_id, adopted=False, resent=previous_send is not None)
+
+    async def _send_in_slot(
+        self, ticket: OrderTicket, order_request: OrderRequest, broker: Broker, sent_at: datetime,
+        send_by: float | None,
+    ) -> tuple[str, datetime]:
+        """Send within the account's slot. A request that could not leave on time (a busy event loop,
+        a slow store) sent nothing: it queues for a new slot, stamped with the slot's time before its
+        wait, so that nothing stands between the slot and the request, and a replay's lookup window
+        starts when the request really leaves (within the pacer's tolerance after the stamp). Answers
+        the order id and the last stamp."""
+        while True:
+            try:
+                return await broker.place_order(order_request, send_by=send_by), sent_at
+            except SendSlotMissedError as missed:
+                log.info("order %s: %s", ticket.order_key, missed)
+            slot = await self.pacer.reserve(ticket.broker_account_id)
+            if slot.granted:
+                sent_at = _now() if not slot.wait_seconds or slot.not_before is None else (
+                    datetime.fromtimestamp(slot.not_before, UTC)
+                )
+                await self.store.set_placement_started(ticket.order_key, sent_at)
+            send_by = await self.pacer.take(slot)  # raises PacingBacklog when none was granted
 
     def _resend_window(self, ticket: OrderTicket) -> float:
         """How long after a request its tag must stay unseen before the order is sent again: the
@@ -652,10 +686,9 @@ class OrderActivities:
     @activity.defn(name="cancel_at_broker")
     async def cancel_at_broker(self, request: CancelAtBroker) -> CancelAnswer:
         broker = await self._broker(request.ticket.broker_account_id)
-        await self.pacer.wait_turn(request.ticket.broker_account_id)
         try:
             try:
-                await broker.cancel_order(request.broker_order_id)
+                await self._cancel_in_slot(request.ticket.broker_account_id, broker, request.broker_order_id)
             except SessionExpiredError:
                 renewed = await self._renewed_broker(request.ticket.broker_account_id, broker)
                 await renewed.cancel_order(request.broker_order_id)
@@ -670,6 +703,16 @@ class OrderActivities:
             request.ticket.order_key, "CANCEL_SENT", {"broker_order_id": request.broker_order_id}
         )
         return CancelAnswer(accepted=True, message="cancel accepted by the broker")
+
+    async def _cancel_in_slot(self, account_id: int, broker: Broker, broker_order_id: str) -> None:
+        """The cancel request within the account's slot, queued again when it could not leave on time."""
+        while True:
+            send_by = await self.pacer.wait_turn(account_id)
+            try:
+                await broker.cancel_order(broker_order_id, send_by=send_by)
+                return
+            except SendSlotMissedError as missed:
+                log.info("cancel of broker order %s: %s", broker_order_id, missed)
 
     # 5 + 6 + 7. Apply the result to the strategy, record it, publish the event.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
@@ -26,8 +27,13 @@ from store.rate_limits import SendSlot
 
 log = logging.getLogger(__name__)
 
-# Added to every slot: 10 slots of margin absorb 100 ms of lateness in the earliest of 11 requests.
-DEFAULT_MARGIN = timedelta(milliseconds=10)
+# Added to every slot: 10 slots of margin absorb 150 ms of lateness in the earliest of 11 requests.
+DEFAULT_MARGIN = timedelta(milliseconds=15)
+# A request not on its way this long after its slot gives the slot up and queues again (the broker's
+# `send_by`): 100 of the margin's 150 ms, the rest left for the way to the broker. A process too busy
+# to keep its slots (a burst on two cores) then sends a little later, never an eleventh request into
+# one second.
+DEFAULT_LATE_TOLERANCE = timedelta(milliseconds=100)
 # Outside an activity (no deadline to respect), the longest a caller is kept waiting for its slot.
 DEFAULT_MAX_WAIT = timedelta(seconds=30)
 # Kept free at the end of an activity attempt beyond the broker request itself.
@@ -56,6 +62,7 @@ class StorePacer:
         orders_per_second: int,
         *,
         margin: timedelta = DEFAULT_MARGIN,
+        late_tolerance: timedelta = DEFAULT_LATE_TOLERANCE,
         request_seconds: float = 0.0,
         max_wait: timedelta = DEFAULT_MAX_WAIT,
     ):
@@ -68,28 +75,43 @@ class StorePacer:
         self.store = store
         self.orders_per_second = orders_per_second
         self.spacing = timedelta(seconds=1) / orders_per_second + margin
+        self.late_tolerance = late_tolerance.total_seconds()
         self.request_time = timedelta(seconds=request_seconds)
         self.max_wait = max_wait
 
     def __repr__(self) -> str:
         return f"StorePacer({self.orders_per_second}/s per account, spacing {self.spacing.total_seconds() * 1000:g} ms)"
 
-    async def wait_turn(self, account_id: int) -> None:
-        """Return when this request of the account may be sent; raises PacingBacklog (retryable)."""
-        slot = await self.store.reserve_send_slot(account_id, self.spacing, max_wait=self._wait_budget())
-        await self.take(slot)
+    async def wait_turn(self, account_id: int) -> float:
+        """Return when this request of the account may be sent, with the `time.monotonic()` moment by
+        which it must have left (the broker's `send_by`); raises PacingBacklog (retryable)."""
+        return await self.take(await self.reserve(account_id))
+
+    async def reserve(self, account_id: int) -> SendSlot:
+        """The account's next send slot (not granted when the queue is longer than this caller may wait)."""
+        return await self.store.reserve_send_slot(account_id, self.spacing, max_wait=self._wait_budget())
 
     def reservation(self) -> tuple[timedelta, timedelta]:
         """(spacing, longest wait) of a reservation this caller makes itself, in a transaction of its own
         (the order path's first one); `take` then waits for the slot it got."""
         return self.spacing, self._wait_budget()
 
-    async def take(self, slot: SendSlot) -> None:
-        """Wait for a reserved slot; PacingBacklog (retryable) when none could be reserved."""
+    async def take(self, slot: SendSlot) -> float:
+        """Wait for a reserved slot and answer its `send_by`; PacingBacklog (retryable) when none could
+        be reserved."""
         if not slot.granted:
             raise PacingBacklog(slot.broker_account_id, timedelta(seconds=slot.wait_seconds) + self.spacing)
-        if slot.wait_seconds > 0:
-            await asyncio.sleep(slot.wait_seconds)
+        assert slot.not_before is not None and slot.not_after is not None
+        if slot.wait_seconds == 0:
+            # The queue was empty: no request is due before this one, which leaves now, from here.
+            return time.monotonic() + self.late_tolerance
+        # Behind others: on this process's clock, never before the slot however late the reservation's
+        # answer came, and not after the slot's end, or the request would crowd the next ones' second.
+        now = time.time()
+        send_by = time.monotonic() + (slot.not_after - now) + self.late_tolerance
+        if (wait := slot.not_before - now) > 0:
+            await asyncio.sleep(wait)
+        return send_by
 
     def _wait_budget(self) -> timedelta:
         """How long this caller may wait for its turn and still finish its request in time."""

@@ -116,8 +116,11 @@ class Holding:
 class Broker(Protocol):
     """What the engine needs of a broker. Every method raises a `brokers.errors.BrokerError`."""
 
-    async def place_order(self, request: OrderRequest) -> str:
-        """Place one order; returns the broker's order id. Never retries on its own."""
+    async def place_order(self, request: OrderRequest, *, send_by: float | None = None) -> str:
+        """Place one order; returns the broker's order id. Never retries on its own.
+
+        `send_by` (a `time.monotonic()` moment): the request's send slot ends then; a request that
+        would leave later is not sent (`SendSlotMissedError`)."""
         ...
 
     async def find_order_by_tag(self, tag: str) -> BrokerOrder | None:
@@ -136,7 +139,9 @@ class Broker(Protocol):
         """Every state the order went through, oldest first."""
         ...
 
-    async def cancel_order(self, order_id: str, variety: str = "regular") -> str: ...
+    async def cancel_order(self, order_id: str, variety: str = "regular", *, send_by: float | None = None) -> str:
+        """Cancel what is not filled yet; `send_by` as for `place_order`."""
+        ...
 
     async def modify_order(
         self,

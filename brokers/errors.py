@@ -108,6 +108,11 @@ class RateLimitedError(BrokerError):
     retryable = True
 
 
+class SendSlotMissedError(RateLimitedError):
+    """Not sent: the request would have left later than its send slot allows (a busy process), and a
+    late request crowds the next ones' second at the broker. It waits for a new slot."""
+
+
 class SessionExpiredError(BrokerError):
     """TokenException: re-login needed. Never retried: it would only fail again."""
 

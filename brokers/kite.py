@@ -44,6 +44,7 @@ from brokers.errors import (
     OrderRefusedError,
     PermissionDeniedError,
     RateLimitedError,
+    SendSlotMissedError,
     SessionExpiredError,
 )
 
@@ -228,11 +229,12 @@ class KiteBroker:
 
     # ---- the Broker protocol -------------------------------------------------------------------
 
-    async def place_order(self, request: OrderRequest) -> str:
+    async def place_order(self, request: OrderRequest, *, send_by: float | None = None) -> str:
         params = order_params(request)
         turn = await self._wait_turn()
 
         def place() -> str:
+            _check_on_time("place_order", send_by)
             _mark_sent(turn)
             return _order_id(self._client.place_order(**params))
 
@@ -287,10 +289,11 @@ class KiteBroker:
 
         return await self._call("order_history", history, order_id=order_id)
 
-    async def cancel_order(self, order_id: str, variety: str = "regular") -> str:
+    async def cancel_order(self, order_id: str, variety: str = "regular", *, send_by: float | None = None) -> str:
         turn = await self._wait_turn()
 
         def cancel() -> str:
+            _check_on_time("cancel_order", send_by)
             _mark_sent(turn)
             return _order_id(self._client.cancel_order(variety=variety, order_id=order_id))
 
@@ -710,6 +713,14 @@ def _rows(answer: Any) -> Sequence[Mapping[str, Any]]:
 def _carries_tag(row: Mapping[str, Any], tag: str) -> bool:
     tags = row.get("tags")
     return row.get("tag") == tag or (isinstance(tags, list) and tag in tags)
+
+
+def _check_on_time(operation: str, send_by: float | None) -> None:
+    """The last moment before the request leaves: past its slot, it is not sent."""
+    if send_by is not None and (late := time.monotonic() - send_by) > 0:
+        raise SendSlotMissedError(
+            f"Kite {operation} not sent: {late * 1000:.0f} ms past its send slot; it waits for a new one"
+        )
 
 
 def _mark_sent(turn: PacedTurn | None) -> None:

@@ -13,14 +13,26 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.order_state import is_terminal
 from store import validation as check
-from store.base import StoreBase, flag_for_intervention, strategy_record, to_record, utc_now
-from store.errors import EntryStopped, FillMismatch, InvalidInput, OrderInFlight, PlacementConflict
+from store.base import (
+    ORDER_EVENTS,
+    ORDER_LOGS,
+    ORDERS,
+    LockedRow,
+    StoreBase,
+    flag_for_intervention,
+    lock_row,
+    strategy_record,
+    to_record,
+    utc_now,
+    write_back,
+)
+from store.errors import EntryStopped, FillMismatch, InvalidInput, OrderInFlight, OrderNotFound, PlacementConflict
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
 from store.rate_limits import SendSlot, _microseconds, reserve_in
 from store.records import (
@@ -107,13 +119,18 @@ def _broker_status(value: Any) -> str:
 
 
 def _event(order: Order, event_type: str, data: dict[str, Any], at: datetime) -> OrderEvent:
-    return OrderEvent(
-        order_id=order.id,
-        workflow_id=order.workflow_id,
-        event_type=event_type,
-        data=check.json_object(data, "data"),
-        created_at=at,
-    )
+    return OrderEvent(**_event_values(order, event_type, data, at))
+
+
+def _event_values(order: Order | LockedRow, event_type: str, data: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """An order_events row's columns (the ORM's `_event`, or a Core insert's values)."""
+    return {
+        "order_id": order.id,
+        "workflow_id": order.workflow_id,
+        "event_type": event_type,
+        "data": check.json_object(data, "data"),
+        "created_at": at,
+    }
 
 
 def _checked_fill(fill: Fill) -> Fill:
@@ -138,7 +155,7 @@ def _weighted_entry(held: int, held_price: Decimal | None, added: int, added_pri
     return readable(average.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN))
 
 
-def _fill_increment(order: Order, fill: Fill) -> Fill:
+def _fill_increment(order: Order | LockedRow, fill: Fill) -> Fill:
     """The part of `fill` the strategy does not hold yet, priced so that the order's applied total is
     the broker's filled quantity at the broker's average price."""
     held, held_price = order.applied_quantity, order.applied_average_price
@@ -151,7 +168,7 @@ def _fill_increment(order: Order, fill: Fill) -> Fill:
     )
 
 
-def _apply_fill_to_position(strategy: Strategy, order: Order, fill: Fill) -> None:
+def _apply_fill_to_position(strategy: Strategy | LockedRow, order: Order | LockedRow, fill: Fill) -> None:
     """Position arithmetic in Decimal on the filled quantity and the broker's average price."""
     filled, price = fill.filled_quantity, fill.average_price
     if filled == 0:
@@ -261,7 +278,9 @@ class OrdersMixin(StoreBase):
                 slot, sent_at = None, None
                 if pacing is not None:
                     spacing_us, max_wait_us = pacing
-                    slot = await reserve_in(session, self.dialect, strategy.broker_account_id, spacing_us, max_wait_us)
+                    slot = await reserve_in(
+                        session, self.dialect, self.database_clock, strategy.broker_account_id, spacing_us, max_wait_us
+                    )
                     if slot.granted and slot.wait_seconds == 0:
                         sent_at = now  # the request leaves as soon as this commits
 
@@ -393,7 +412,10 @@ class OrdersMixin(StoreBase):
         if not isinstance(adopted, bool):
             raise InvalidInput(f"adopted must be True or False, got {adopted!r}")
         async with self._write() as session:
-            order = await self._order_row(session, workflow_id, lock=True)
+            conn = await session.connection()
+            order = await lock_row(conn, ORDERS, ORDERS.c.workflow_id == workflow_id)
+            if order is None:
+                raise OrderNotFound(workflow_id)
             if order.broker_order_id == broker_id:
                 return to_record(OrderRecord, order)
             if order.broker_order_id is not None:
@@ -409,8 +431,11 @@ class OrdersMixin(StoreBase):
                 order.status = ORDER_STATUS_PLACED
             order.updated_at = now
             event_type = OrderEventType.ADOPTED if adopted else OrderEventType.PLACED
-            session.add(_event(order, event_type, {"broker_order_id": broker_id, "placed_at": placed}, now))
-            await session.flush()
+            await write_back(conn, order)
+            await conn.execute(
+                insert(ORDER_EVENTS),
+                [_event_values(order, event_type, {"broker_order_id": broker_id, "placed_at": placed}, now)],
+            )
             return to_record(OrderRecord, order)
 
     async def record_order_update(
@@ -474,12 +499,19 @@ class OrdersMixin(StoreBase):
         fill = _checked_fill(fill)
         async with self._write() as session:
             order, strategy = await self._lock_order_and_strategy(session, fill.workflow_id)
-            self._apply_fill_locked(session, order, strategy, fill)
+            self._apply_fill_locked(lambda values: session.add(OrderEvent(**values)), order, strategy, fill)
             await session.flush()
             return strategy_record(strategy)
 
-    def _apply_fill_locked(self, session: AsyncSession, order: Order, strategy: Strategy, fill: Fill) -> None:
-        """apply_fill's change, on the order and strategy rows its caller holds locked."""
+    def _apply_fill_locked(
+        self,
+        add_event: Callable[[dict[str, Any]], None],
+        order: Order | LockedRow,
+        strategy: Strategy | LockedRow,
+        fill: Fill,
+    ) -> None:
+        """apply_fill's change, on the order and strategy rows its caller holds locked; its event's
+        columns go to `add_event`."""
         if order.fill_applied_at is not None and fill.filled_quantity <= order.applied_quantity:
             return
         if fill.filled_quantity > order.quantity:
@@ -501,8 +533,8 @@ class OrdersMixin(StoreBase):
             f"{order.order_type} filled {fill.filled_quantity} of {order.quantity} at {fill.average_price}"
         )
         strategy.updated_at = now
-        session.add(
-            _event(
+        add_event(
+            _event_values(
                 order,
                 OrderEventType.FILL_APPLIED if increment.filled_quantity == fill.filled_quantity
                 else OrderEventType.FILL_ADDED,
@@ -560,15 +592,17 @@ class OrdersMixin(StoreBase):
         completed = check.aware_datetime(completed_at, "completed_at")
         why = check.text(intervention, "intervention", max_length=2000) if intervention is not None else None
         async with self._write() as session:
-            order, strategy = await self._lock_order_and_strategy(session, workflow_id, strategy_id=strategy_id)
+            # Core, not the ORM: the order path's last transaction, on every order (see LockedRow).
+            conn = await session.connection()
+            order, strategy = await self._lock_order_and_strategy_rows(conn, workflow_id, strategy_id=strategy_id)
             if order.outcome is not None:
                 return to_record(OrderRecord, order)
-            # Every read before the first change: the changes then go out in one flush, not two.
-            log = await session.scalar(select(OrderLog).where(OrderLog.order_id == order.id).with_for_update())
+            log = await lock_row(conn, ORDER_LOGS, ORDER_LOGS.c.order_id == order.id)
             if log is None:
                 raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
+            events: list[dict[str, Any]] = []
             if checked_fill is not None and checked_fill.filled_quantity > 0:
-                self._apply_fill_locked(session, order, strategy, checked_fill)
+                self._apply_fill_locked(events.append, order, strategy, checked_fill)
             if why is not None:
                 flag_for_intervention(strategy, why, utc_now())
             log.status = final
@@ -588,8 +622,8 @@ class OrdersMixin(StoreBase):
                 strategy.last_error = error_message or f"{order.order_type} order {workflow_id} ended {final}"
             strategy.last_action = f"{order.order_type} order {final}: {workflow_id}"
             strategy.updated_at = now
-            session.add(
-                _event(
+            events.append(
+                _event_values(
                     order,
                     OrderEventType.ORDER_EXECUTED,
                     {
@@ -612,7 +646,11 @@ class OrdersMixin(StoreBase):
                     now,
                 )
             )
-            await session.flush()
+            # In the ORM's flush order: the parent rows, then the events that refer to them.
+            await write_back(conn, strategy)
+            await write_back(conn, order)
+            await write_back(conn, log)
+            await conn.execute(insert(ORDER_EVENTS), events)
             return to_record(OrderRecord, order)
 
     async def record_twin(

@@ -2,8 +2,10 @@
 
 A reservation is one statement — `next = GREATEST(next, now) + spacing RETURNING next` — atomic on
 PostgreSQL (the row lock orders concurrent reservations) and on SQLite (writers are serialized). The
-caller sleeps until its slot. On PostgreSQL "now" is the database's clock, so workers on hosts whose
-clocks disagree still space their requests correctly.
+caller sleeps until its slot. On PostgreSQL "now" is the database's clock, read once the row lock is
+held, so workers on hosts whose clocks disagree still space their requests correctly: each process
+learns the database clock's offset from its own reservations' round trips (`DatabaseClock`) and
+places its slots on its own clock with that, never early.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Integer, cast, func, literal, select
+from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Integer, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from store.base import StoreBase
+from store.clock import DatabaseClock
 from store.errors import InvalidInput
 from store.models import Base
 from store.validation import positive_int
 
 MICROSECONDS = 1_000_000
+JULIAN_DAY_OF_THE_EPOCH = 2440587.5
 
 
 class OrderRateLimit(Base):
@@ -52,6 +56,11 @@ class SendSlot:
     wait_seconds: float
     # The slot itself, by the clock the reservation used (the database's on PostgreSQL); None if refused.
     send_at: datetime | None = None
+    # The slot on this process's clock (`time.time()`): the request leaves no earlier than `not_before`
+    # and no later than `not_after` plus the pacer's tolerance. `not_before` is the later of the two, by
+    # the uncertainty of the database clock's offset (a fast round trip: about a millisecond).
+    not_before: float | None = None
+    not_after: float | None = None
 
 
 def _microseconds(value: timedelta, name: str) -> int:
@@ -73,11 +82,12 @@ class RateLimitsMixin(StoreBase):
             raise InvalidInput("spacing must be positive: it is the time between two order requests")
         max_wait_us = None if max_wait is None else _microseconds(max_wait, "max_wait")
         async with self._write() as session:
-            return await reserve_in(session, self.dialect, account_id, spacing_us, max_wait_us)
+            return await reserve_in(session, self.dialect, self.database_clock, account_id, spacing_us, max_wait_us)
 
 
 async def reserve_in(
-    session: AsyncSession, dialect: str, account_id: int, spacing_us: int, max_wait_us: int | None
+    session: AsyncSession, dialect: str, clock: DatabaseClock, account_id: int, spacing_us: int,
+    max_wait_us: int | None,
 ) -> SendSlot:
     """`reserve_send_slot` inside the caller's transaction (the order path's first one holds it too)."""
     row = OrderRateLimit
@@ -94,12 +104,17 @@ async def reserve_in(
         )
         .returning(row.next_free_us, now.label("now_us"))
     )
+    sent = time.time()
     reserved = (await session.execute(statement)).one_or_none()
+    answered = time.time()
     if reserved is not None:
+        clock.observe(sent, reserved.now_us / MICROSECONDS, answered)
         send_at_us = reserved.next_free_us - spacing_us
         wait_seconds = max(0, send_at_us - reserved.now_us) / MICROSECONDS
         send_at = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=send_at_us)
-        return SendSlot(account_id, True, wait_seconds, send_at)
+        # Never early: not before the latest moment the slot may be here; and late past the earliest.
+        earliest_here, latest_here = clock.local_window(send_at_us / MICROSECONDS)
+        return SendSlot(account_id, True, wait_seconds, send_at, not_before=latest_here, not_after=earliest_here)
     assert max_wait_us is not None  # only a bounded reservation can be refused
     queue = (
         await session.execute(
@@ -113,6 +128,9 @@ async def reserve_in(
 def clock_us(dialect: str) -> ColumnElement[int]:
     """Now, in microseconds since the epoch: the database's clock where it has one to share."""
     if dialect == "postgresql":
-        # statement_timestamp(): one value for the whole statement, wherever it is used in it.
-        return cast(func.extract("epoch", func.statement_timestamp()) * MICROSECONDS, BigInteger)
-    return literal(time.time_ns() // 1000, BigInteger)  # SQLite: one machine, one clock
+        # clock_timestamp(), not the statement's start: a reservation that waited for the row lock takes
+        # its slot from when it got the lock, never from the past.
+        return cast(func.extract("epoch", func.clock_timestamp()) * MICROSECONDS, BigInteger)
+    # SQLite: read when the statement runs, so after its write lock (another process's writer may have
+    # held it); 'now' has millisecond resolution and is one value within the statement.
+    return cast((func.julianday("now") - JULIAN_DAY_OF_THE_EPOCH) * (86_400 * MICROSECONDS), BigInteger)

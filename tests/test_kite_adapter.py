@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -39,6 +40,7 @@ from brokers.errors import (
     OrderRefusedError,
     PermissionDeniedError,
     RateLimitedError,
+    SendSlotMissedError,
     SessionExpiredError,
 )
 from brokers.factory import KiteBrokerFactory
@@ -748,3 +750,16 @@ async def test_real_client_keeps_no_retry_for_posts(scripted: ScriptedKite, real
     # One request reached the server: nothing below us retried the POST on its own.
     assert len(scripted.requests) == 1
 
+
+
+async def test_a_request_past_its_send_slot_is_not_sent(broker: KiteBroker, fake: FakeKiteClient) -> None:
+    sent_before = len(fake.calls)
+
+    with pytest.raises(SendSlotMissedError, match="past its send slot"):
+        await broker.place_order(market_buy(), send_by=time.monotonic() - 0.2)
+    with pytest.raises(SendSlotMissedError, match="past its send slot"):
+        await broker.cancel_order("42", send_by=time.monotonic() - 0.2)
+
+    assert len(fake.calls) == sent_before  # nothing left for the broker
+    assert await broker.place_order(market_buy(), send_by=time.monotonic() + 5) == "250101000000001"
+    assert fake.calls[-1][0] == "place_order"

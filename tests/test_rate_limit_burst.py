@@ -87,3 +87,47 @@ async def test_a_burst_from_one_account_is_paced_across_two_workers_and_another_
         f"at most {most_in_one_second(busy_times)} in any second; other account's stop-loss "
         f"trigger→broker {1000 * (stop_loss_request['received_at_epoch'] - triggered_at):.0f} ms"
     )
+
+
+class LateForTheFirstSlot:
+    """The pacer of a process too busy to keep its first slot: that slot has ended by the time the
+    request could leave. Every other slot is the store pacer's own."""
+
+    def __init__(self, pacer: Any):
+        self.pacer = pacer
+        self.missed = False
+
+    async def wait_turn(self, account_id: int) -> float | None:
+        return await self.pacer.wait_turn(account_id)
+
+    def reservation(self) -> Any:
+        return self.pacer.reservation()
+
+    async def reserve(self, account_id: int) -> Any:
+        return await self.pacer.reserve(account_id)
+
+    async def take(self, slot: Any) -> float | None:
+        send_by = await self.pacer.take(slot)
+        if not self.missed:
+            self.missed = True
+            return time.monotonic() - 1.0
+        return send_by
+
+
+async def test_a_request_that_missed_its_send_slot_waits_for_another_and_is_sent_once(engine: Engine) -> None:
+    engine.paper.control.set_price("INFY", "1500")
+    strategy = await engine.strategy("INFY", quantity=3, api_key="late")
+    assert engine.parts is not None
+    late = LateForTheFirstSlot(engine.parts.order_activities.pacer)
+    engine.parts.order_activities.pacer = late
+    try:
+        handle = await engine.starter.place_buy_order(strategy)
+        result = await handle.result()
+    finally:
+        engine.parts.order_activities.pacer = late.pacer
+
+    assert late.missed
+    assert result.outcome is Outcome.FILLED
+    assert [r["route"] for r in requests_of(engine, "late")] == ["place_order"]  # the missed slot sent nothing
+    events = [event.event_type for event in await engine.store.order_events(result.order_key)]
+    assert events.count("PLACEMENT_SENT") == 1  # stamped again for the slot it really left in

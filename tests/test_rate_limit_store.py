@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -13,6 +14,8 @@ import pytest
 from activities.rate_limit import PacingBacklog, StorePacer
 from engine import errors
 from store import InvalidInput, Store
+from store.clock import DatabaseClock
+from store.rate_limits import reserve_in
 from tests.fixtures.db import seed_strategy
 
 SPACING = timedelta(milliseconds=110)
@@ -104,9 +107,65 @@ async def test_pacer_queues_what_it_can_wait_for_and_refuses_the_rest(store: Sto
     turns = await asyncio.gather(*(pacer.wait_turn(account_id) for _ in range(3)), return_exceptions=True)
 
     refusals = [turn for turn in turns if isinstance(turn, BaseException)]
-    assert turns.count(None) == 2 and len(refusals) == 1
+    assert len([turn for turn in turns if isinstance(turn, float)]) == 2 and len(refusals) == 1
     refused = refusals[0]
     assert isinstance(refused, PacingBacklog)
     assert refused.type == errors.RATE_LIMITED and not refused.non_retryable
     assert refused.next_retry_delay is not None and refused.next_retry_delay > timedelta(0)
     assert "more order requests queued" in refused.message
+
+
+def test_the_database_clock_is_bounded_by_the_tightest_round_trips() -> None:
+    clock = DatabaseClock()
+    clock.observe(sent=100.0, database_now=105.0, answered=100.5)  # offset within [4.5, 5.0]
+    clock.observe(sent=200.0, database_now=204.9, answered=200.1)  # [4.8, 4.9]
+    clock.observe(sent=300.0, database_now=305.0, answered=303.0)  # a slow answer: [2.0, 5.0], loosens nothing
+
+    earliest, latest = clock.local_window(1000.0)
+
+    assert (earliest, latest) == pytest.approx((995.1, 995.2))
+
+
+def test_the_database_clock_follows_a_step() -> None:
+    clock = DatabaseClock()
+    clock.observe(sent=100.0, database_now=105.0, answered=100.1)  # offset [4.9, 5.0]
+    clock.observe(sent=200.0, database_now=203.0, answered=200.1)  # the local clock stepped: [2.9, 3.0]
+
+    assert clock.local_window(1000.0) == pytest.approx((997.0, 997.1))  # the newest round trip alone
+
+
+async def test_a_reservation_that_waited_for_the_row_lock_takes_its_slot_from_then(
+    store: Store, second_store: Store
+) -> None:
+    account_id = (await seed_strategy(store)).broker_account_id
+    await store.reserve_send_slot(account_id, SPACING)  # the account's row exists
+    await asyncio.sleep(2 * SPACING.total_seconds())  # and its queue is empty again
+
+    async def hold_the_queue() -> float:
+        async with store._write() as session:  # what the order path's first transaction does
+            await reserve_in(session, store.dialect, store.database_clock, account_id, 110_000, None)
+            await asyncio.sleep(0.4)
+        return time.time()
+
+    holding = asyncio.create_task(hold_the_queue())
+    await asyncio.sleep(0.05)
+    waited = await second_store.reserve_send_slot(account_id, SPACING)
+    released_at = await holding
+
+    assert waited.granted and waited.send_at is not None
+    assert waited.send_at.timestamp() >= released_at - 0.05  # not 110 ms after it asked, in the past
+
+
+async def test_a_slot_behind_others_is_kept_on_this_clock_and_one_of_an_empty_queue_leaves_now(store: Store) -> None:
+    account_id = (await seed_strategy(store)).broker_account_id
+    pacer = StorePacer(store, 10)  # 115 ms apart, 100 ms of tolerance
+
+    first, second = await pacer.reserve(account_id), await pacer.reserve(account_id)
+    first_by = await pacer.take(first)
+    second_by = await pacer.take(second)
+    left_at = time.monotonic()
+
+    assert first.wait_seconds == 0 and first_by - time.monotonic() <= pacer.late_tolerance
+    assert second.not_before is not None and second.not_after is not None
+    assert time.time() >= second.not_before  # never before its slot
+    assert second_by - left_at == pytest.approx(pacer.late_tolerance, abs=0.05)  # ends a tolerance after it
