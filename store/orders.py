@@ -282,7 +282,9 @@ class OrdersMixin(StoreBase):
                         session, self.dialect, self.database_clock, strategy.broker_account_id, spacing_us, max_wait_us
                     )
                     if slot.granted and slot.wait_seconds == 0:
-                        sent_at = now  # the request leaves as soon as this commits
+                        # The request leaves as soon as this commits: stamped now, not at the transaction's
+                        # start, which a wait for the strategy's lock may have put well before it.
+                        sent_at = utc_now()
 
                 order = Order(
                     workflow_id=new.workflow_id,
