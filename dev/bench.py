@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import re
@@ -414,6 +415,27 @@ async def measured_run(stack: Stack, start: Start, count: int, concurrency: int 
                      done, started_at, results)
 
 
+class SlotMisses(logging.Handler):
+    """Order requests of this process's worker that could not leave within their send slot and took
+    another (`activities.order` logs each one at INFO)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "past its send slot" in record.getMessage():
+            self.count += 1
+
+    @classmethod
+    def installed(cls) -> SlotMisses:
+        counter = cls()
+        logger = logging.getLogger("activities.order")
+        logger.addHandler(counter)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        return counter
+
+
 async def history_counts(handles: list[WorkflowHandle[Any, Any]]) -> dict[str, float]:
     """From every workflow's history: retries, timeouts, events, regular activities, upserts."""
     totals: Counter[str] = Counter()
@@ -663,11 +685,13 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         procs.workers[1:] = [(w.name.replace("engine ", ""), w.process.pid) for w in extra]
         worker, _ = build_worker(client, store, settings)
         starter = OrderStarter(client, store, settings)
+        misses = SlotMisses.installed()
         async with worker:
             with sql.measuring(), profiled(args.profile):
                 steady = await measured_run(stack, engine_starter(starter, steady_strategies), args.orders,
                                             args.concurrency)
             statements, transactions = Counter(sql.statements), sql.transactions
+            steady_misses, misses.count = misses.count, 0
             assert all(r.filled_quantity == 1 for r in steady.results)
             print(f"   engine {steady.rate:.1f}/s, {steady.cpu_per_order['all processes']} CPU ms per order",
                   flush=True)
@@ -677,6 +701,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                 burst = await measured_run(stack, engine_starter(starter, burst_strategies), args.burst, None)
                 assert all(r.filled_quantity == 1 for r in burst.results)
                 print(f"   engine {burst.rate:.1f}/s", flush=True)
+            burst_misses = misses.count
             engine_ms: list[float] = []
             direct_ms: list[float] = []
             if args.latency_samples:
@@ -713,7 +738,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steady": {
             "orders": n, "concurrency": args.concurrency,
             "engine": {"orders_per_second": round(steady.rate, 1), "cpu_ms_per_order": steady.cpu_per_order,
-                       "history": steady_history, "eager_starts": steady.eager},
+                       "history": steady_history, "eager_starts": steady.eager, "send_slots_missed": steady_misses},
             "floor": {"orders_per_second": round(floor.rate, 1), "cpu_ms_per_order": floor.cpu_per_order,
                       "history": floor_history, "eager_starts": floor.eager},
             "cpu_ratio": round(steady.cpu_per_order["all processes"] / floor.cpu_per_order["all processes"], 2),
@@ -733,6 +758,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             "orders": args.burst,
             "engine": {"orders_per_second": round(burst.rate, 1), "eager_starts": burst.eager,
                        "trigger_to_broker_ms": summary(burst_latency), "history": burst_history,
+                       "send_slots_missed": burst_misses,
                        "cpu_ms_per_order": burst.cpu_per_order},
             "floor": {"orders_per_second": round(floor_burst.rate, 1), "eager_starts": floor_burst.eager,
                       "history": floor_burst_history, "cpu_ms_per_order": floor_burst.cpu_per_order},
@@ -785,6 +811,7 @@ def report(results: dict[str, Any]) -> None:
                     "· waiting on the sticky queue", "· running on the worker", "workflow task failures",
                     "orders with a regular activity"):
             print(f"{key:44}{e['history'][key]:>10}{f['history'][key]:>10}")
+        print(f"{'send slots missed (bench process worker)':44}{e['send_slots_missed']:>10}{'—':>10}")
         lat = e["trigger_to_broker_ms"]
         print(f"{'trigger -> broker p50 / p99 (ms)':44}{lat['p50']:>10}{lat['p99']:>10}")
     latency, direct = results["sl_trigger_to_broker_ms"], results["direct_call_ms"]
@@ -818,6 +845,7 @@ def markdown(results: dict[str, Any]) -> str:
          f"{f['history']['events per order']} ({f['history']['regular activities per order']})", ""),
         ("SQL statements (transactions) per order",
          f"{steady['sql_statements_per_order']} ({steady['sql_transactions_per_order']})", "—", ""),
+        ("send slots missed and taken again", e.get("send_slots_missed", 0), "—", ""),
     ]
     burst = results.get("burst")
     if burst:
@@ -831,6 +859,7 @@ def markdown(results: dict[str, Any]) -> str:
             (f"{burst['orders']} started at once: orders/s", be["orders_per_second"], bf["orders_per_second"], ""),
             ("· eager starts accepted", be["eager_starts"], bf["eager_starts"], ""),
             ("· retries and timeouts", faults(he), faults(hf), ""),
+            ("· send slots missed and taken again (the bench process's worker)", be["send_slots_missed"], "—", ""),
             ("· trigger → broker p50 / p99 (ms)",
              f"{be['trigger_to_broker_ms']['p50']} / {be['trigger_to_broker_ms']['p99']}", "—", ""),
         ]
