@@ -210,7 +210,9 @@ async def seed(store: Store, paper_url: str, starter: OrderStarter, names: dict[
     run = uuid.uuid4().hex[:6]
     api_key = f"ticks{run}"
     kite = KiteConnect(api_key, root=paper_url)
-    token = str((await asyncio.to_thread(kite.generate_session, f"req-{api_key}", "bench"))["access_token"])
+    # A request token from the paper broker's login page, good once, as Kite's redirect hands it over.
+    request_token = await asyncio.to_thread(SimControl(paper_url).request_token, api_key)
+    token = str((await asyncio.to_thread(kite.generate_session, request_token, "bench"))["access_token"])
     user, _ = await store.create_user(f"bench-ticks-{run}")
     account = await store.add_broker_account(user.id, api_key=api_key, api_secret="bench", access_token=token)
     real = [(key, token_, price) for key, (token_, price) in names.items() if token_ < SYNTHETIC_TOKEN_BASE << 8]
