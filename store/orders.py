@@ -23,6 +23,7 @@ from store.base import (
     ORDER_EVENTS,
     ORDER_LOGS,
     ORDERS,
+    STRATEGIES,
     LockedRow,
     StoreBase,
     flag_for_intervention,
@@ -32,7 +33,15 @@ from store.base import (
     utc_now,
     write_back,
 )
-from store.errors import EntryStopped, FillMismatch, InvalidInput, OrderInFlight, OrderNotFound, PlacementConflict
+from store.errors import (
+    EntryStopped,
+    FillMismatch,
+    InvalidInput,
+    OrderInFlight,
+    OrderNotFound,
+    PlacementConflict,
+    StrategyNotFound,
+)
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
 from store.rate_limits import SendSlot, _microseconds, reserve_in
 from store.records import (
@@ -51,6 +60,7 @@ from store.records import (
     StrategyStatus,
 )
 from store.types import MONEY_QUANTUM, readable
+from store.validation import positive_int
 
 TAG = re.compile(r"[A-Za-z0-9]{1,20}")
 EVENT_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
@@ -256,15 +266,21 @@ class OrdersMixin(StoreBase):
         now = utc_now()
         try:
             async with self._write() as session:
-                strategy = await self._strategy_row(session, strategy_id, lock=True)
-                existing = await session.scalar(select(Order).where(Order.workflow_id == workflow_id))
+                conn = await session.connection()
+                strategy_id = positive_int(strategy_id, "strategy_id")
+                strategy = await lock_row(conn, STRATEGIES, STRATEGIES.c.id == strategy_id)
+                if strategy is None:
+                    raise StrategyNotFound(strategy_id)
+                existing = (
+                    await conn.execute(select(ORDERS).where(ORDERS.c.workflow_id == workflow_id))
+                ).mappings().first()
                 if existing is not None:
-                    if existing.strategy_id != strategy.id:
+                    if existing["strategy_id"] != strategy.id:
                         raise InvalidInput(
                             f"workflow {workflow_id!r} already holds an order of strategy "
-                            f"{existing.strategy_id}, not {strategy.id}"
+                            f"{existing['strategy_id']}, not {strategy.id}"
                         )
-                    return to_record(OrderRecord, existing), None
+                    return to_record(OrderRecord, LockedRow(ORDERS, existing)), None
                 validate(strategy_record(strategy))
                 new = _checked_new_order(build(strategy_record(strategy)))
                 if (new.strategy_id, new.workflow_id) != (strategy.id, workflow_id):
@@ -286,44 +302,50 @@ class OrdersMixin(StoreBase):
                         # start, which a wait for the strategy's lock may have put well before it.
                         sent_at = utc_now()
 
-                order = Order(
-                    workflow_id=new.workflow_id,
-                    strategy_id=strategy.id,
-                    user_id=new.user_id,
-                    order_type=new.order_type,
-                    transaction_type=new.transaction_type,
-                    quantity=new.quantity,
-                    symbol=new.symbol,
-                    exchange=new.exchange,
-                    tag=new.tag,
-                    trigger_price=new.trigger_price,
-                    trigger_tick_at=new.trigger_tick_at,
-                    requested_by=new.requested_by,
-                    reason=new.reason,
-                    exit_reason=new.exit_reason,
-                    adopted=False,
-                    status=ORDER_STATUS_NEW,
-                    filled_quantity=0,
-                    placement_sent_at=sent_at,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(order)
-                await session.flush()
-                session.add(
-                    OrderLog(
-                        order_id=order.id,
-                        workflow_id=order.workflow_id,
-                        user_id=order.user_id,
-                        strategy_id=order.strategy_id,
-                        order_type=order.order_type,
-                        order_data=new.order_data,
-                        status=LogStatus.ATTEMPTING,
-                        attempted_at=attempted_at,
+                inserted = (
+                    await conn.execute(
+                        insert(ORDERS).returning(*ORDERS.c),
+                        {
+                            "workflow_id": new.workflow_id,
+                            "strategy_id": strategy.id,
+                            "user_id": new.user_id,
+                            "order_type": new.order_type,
+                            "transaction_type": new.transaction_type,
+                            "quantity": new.quantity,
+                            "symbol": new.symbol,
+                            "exchange": new.exchange,
+                            "tag": new.tag,
+                            "trigger_price": new.trigger_price,
+                            "trigger_tick_at": new.trigger_tick_at,
+                            "requested_by": new.requested_by,
+                            "reason": new.reason,
+                            "exit_reason": new.exit_reason,
+                            "adopted": False,
+                            "status": ORDER_STATUS_NEW,
+                            "filled_quantity": 0,
+                            "placement_sent_at": sent_at,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
                     )
+                ).mappings().one()
+                order = LockedRow(ORDERS, inserted)
+                await conn.execute(
+                    insert(ORDER_LOGS),
+                    [{
+                        "order_id": order.id,
+                        "workflow_id": order.workflow_id,
+                        "user_id": order.user_id,
+                        "strategy_id": order.strategy_id,
+                        "order_type": order.order_type,
+                        "order_data": new.order_data,
+                        "status": LogStatus.ATTEMPTING,
+                        "attempted_at": attempted_at,
+                    }],
                 )
-                session.add(
-                    _event(
+                await conn.execute(
+                    insert(ORDER_EVENTS),
+                    [_event_values(
                         order,
                         OrderEventType.ATTEMPTED,
                         {
@@ -341,7 +363,7 @@ class OrdersMixin(StoreBase):
                             **({"sent_at": sent_at} if sent_at is not None else {}),
                         },
                         now,
-                    )
+                    )],
                 )
                 strategy.active_order_workflow_id = strategy.last_order_workflow_id = order.workflow_id
                 strategy.last_action = f"{order.order_type} order attempted: {order.workflow_id}"
@@ -353,7 +375,7 @@ class OrdersMixin(StoreBase):
                     if strategy.status == StrategyStatus.RUNNING:
                         strategy.status = StrategyStatus.SL_TRIGGERED
                 strategy.updated_at = now
-                await session.flush()
+                await write_back(conn, strategy)
                 return to_record(OrderRecord, order), slot
         except IntegrityError as exc:
             raise InvalidInput(f"workflow {workflow_id!r} already holds an order of another strategy") from exc
