@@ -108,7 +108,12 @@ class StorePacer:
         # Behind others: on this process's clock, never before the slot however late the reservation's
         # answer came, and not after the slot's end, or the request would crowd the next ones' second.
         now = time.time()
-        send_by = time.monotonic() + (slot.not_after - now) + self.late_tolerance
+        ends = slot.not_after
+        if slot.not_before - slot.not_after > self.late_tolerance:
+            # The database clock is not known that closely yet (only slow round trips so far): the slot
+            # is counted from when it surely began here, or no request of a busy queue could keep one.
+            ends = slot.not_before
+        send_by = time.monotonic() + (ends - now) + self.late_tolerance
         if (wait := slot.not_before - now) > 0:
             await asyncio.sleep(wait)
         return send_by

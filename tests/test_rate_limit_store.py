@@ -15,7 +15,7 @@ from activities.rate_limit import PacingBacklog, StorePacer
 from engine import errors
 from store import InvalidInput, Store
 from store.clock import DatabaseClock
-from store.rate_limits import reserve_in
+from store.rate_limits import SendSlot, reserve_in
 from tests.fixtures.db import seed_strategy
 
 SPACING = timedelta(milliseconds=110)
@@ -169,3 +169,17 @@ async def test_a_slot_behind_others_is_kept_on_this_clock_and_one_of_an_empty_qu
     assert second.not_before is not None and second.not_after is not None
     assert time.time() >= second.not_before  # never before its slot
     assert second_by - left_at == pytest.approx(pacer.late_tolerance, abs=0.05)  # ends a tolerance after it
+
+
+async def test_a_slot_whose_clock_is_not_known_closely_yet_is_counted_from_when_it_surely_began(
+    store: Store,
+) -> None:
+    pacer = StorePacer(store, 10)
+    now = time.time()
+    # Only a slow round trip so far: the slot lies somewhere in the half second after 50 ms from now.
+    slot = SendSlot(1, True, 0.05, None, not_before=now + 0.55, not_after=now + 0.05)
+
+    send_by = await pacer.take(slot)
+
+    assert time.time() >= now + 0.55  # never before the slot
+    assert send_by - time.monotonic() == pytest.approx(pacer.late_tolerance, abs=0.05)  # still its full tolerance
