@@ -110,6 +110,19 @@ class NoPacing:
         return None
 
 
+async def cancel_in_slot(pacer: OrderPacer, account_id: int, broker: Broker, order_id: str,
+                         variety: str = "regular") -> None:
+    """A cancel request within the account's send slot, queued again whenever it could not leave on
+    time (every cancel the engine sends goes this way: a person's, a timeout's, a twin's, reconcile's)."""
+    while True:
+        send_by = await pacer.wait_turn(account_id)
+        try:
+            await broker.cancel_order(order_id, variety, send_by=send_by)
+            return
+        except SendSlotMissedError as missed:
+            log.info("cancel of broker order %s: %s", order_id, missed)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -506,10 +519,10 @@ class OrderActivities:
             except SendSlotMissedError as missed:
                 log.info("order %s: %s", ticket.order_key, missed)
             slot = await self.pacer.reserve(ticket.broker_account_id)
-            if slot.granted:
-                sent_at = _now() if not slot.wait_seconds or slot.not_before is None else (
-                    datetime.fromtimestamp(slot.not_before, UTC)
-                )
+            if slot.granted:  # stamped for the slot itself: nothing but the wait stands before the request
+                sent_at = _now()
+                if slot.wait_seconds > 0 and slot.not_before is not None:
+                    sent_at = datetime.fromtimestamp(slot.not_before, UTC)
                 await self.store.set_placement_started(ticket.order_key, sent_at)
             send_by = await self.pacer.take(slot)  # raises PacingBacklog when none was granted
 
@@ -626,9 +639,8 @@ class OrderActivities:
         )
         if is_terminal(twin.status) or twin.status == "CANCEL PENDING":
             return
-        await self.pacer.wait_turn(ticket.broker_account_id)
         try:
-            await broker.cancel_order(twin.order_id)
+            await cancel_in_slot(self.pacer, ticket.broker_account_id, broker, twin.order_id)
         except BrokerError as error:  # the next sweep sees how it ended, and tries again while it is open
             await self.store.append_order_event(record.workflow_id, "TWIN_CANCEL_FAILED", {"message": str(error)})
             return
@@ -688,7 +700,7 @@ class OrderActivities:
         broker = await self._broker(request.ticket.broker_account_id)
         try:
             try:
-                await self._cancel_in_slot(request.ticket.broker_account_id, broker, request.broker_order_id)
+                await cancel_in_slot(self.pacer, request.ticket.broker_account_id, broker, request.broker_order_id)
             except SessionExpiredError:
                 renewed = await self._renewed_broker(request.ticket.broker_account_id, broker)
                 await renewed.cancel_order(request.broker_order_id)
@@ -703,16 +715,6 @@ class OrderActivities:
             request.ticket.order_key, "CANCEL_SENT", {"broker_order_id": request.broker_order_id}
         )
         return CancelAnswer(accepted=True, message="cancel accepted by the broker")
-
-    async def _cancel_in_slot(self, account_id: int, broker: Broker, broker_order_id: str) -> None:
-        """The cancel request within the account's slot, queued again when it could not leave on time."""
-        while True:
-            send_by = await self.pacer.wait_turn(account_id)
-            try:
-                await broker.cancel_order(broker_order_id, send_by=send_by)
-                return
-            except SendSlotMissedError as missed:
-                log.info("cancel of broker order %s: %s", broker_order_id, missed)
 
     # 5 + 6 + 7. Apply the result to the strategy, record it, publish the event.
 

@@ -29,7 +29,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.order import BrokerFactory, OrderPacer
+from activities.order import BrokerFactory, OrderPacer, cancel_in_slot
 from brokers.base import Broker, BrokerOrder, BrokerTrade, Position, is_terminal
 from brokers.errors import BrokerError, DefinitiveBrokerError, SessionExpiredError
 from engine import errors
@@ -498,9 +498,8 @@ class ReconcileActivities:
             raise
 
     async def _cancel_and_wait(self, run: _Run, order: BrokerOrder) -> BrokerOrder | None:
-        await self.pacer.wait_turn(run.request.account_id)
         try:
-            await run.broker.cancel_order(order.order_id, variety=order.variety)
+            await cancel_in_slot(self.pacer, run.request.account_id, run.broker, order.order_id, order.variety)
         except DefinitiveBrokerError as refused:
             log.info("cancel of %s refused: %s", order.order_id, refused.broker_message or refused.message)
         deadline = time.monotonic() + CANCEL_CONFIRM_SECONDS

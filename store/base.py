@@ -238,6 +238,13 @@ class StoreBase:
             raise InvalidInput(f"order {workflow_id} belongs to strategy {order.strategy_id}, not {strategy.id}")
         return order, strategy
 
+    async def _lock_strategy_row(self, conn: AsyncConnection, strategy_id: int) -> LockedRow:
+        """`_strategy_row(lock=True)` for Core."""
+        strategy = await lock_row(conn, STRATEGIES, STRATEGIES.c.id == positive_int(strategy_id, "strategy_id"))
+        if strategy is None:
+            raise StrategyNotFound(strategy_id)
+        return strategy
+
     async def _lock_order_and_strategy_rows(
         self, conn: AsyncConnection, workflow_id: str, *, strategy_id: int | None = None
     ) -> tuple[LockedRow, LockedRow]:
@@ -246,10 +253,7 @@ class StoreBase:
             strategy_id = await conn.scalar(select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == workflow_id))
             if strategy_id is None:
                 raise OrderNotFound(workflow_id)
-        positive_int(strategy_id, "strategy_id")
-        strategy = await lock_row(conn, STRATEGIES, STRATEGIES.c.id == strategy_id)
-        if strategy is None:
-            raise StrategyNotFound(strategy_id)
+        strategy = await self._lock_strategy_row(conn, strategy_id)
         order = await lock_row(conn, ORDERS, ORDERS.c.workflow_id == workflow_id)
         if order is None:
             raise OrderNotFound(workflow_id)

@@ -23,7 +23,6 @@ from store.base import (
     ORDER_EVENTS,
     ORDER_LOGS,
     ORDERS,
-    STRATEGIES,
     LockedRow,
     StoreBase,
     flag_for_intervention,
@@ -40,7 +39,6 @@ from store.errors import (
     OrderInFlight,
     OrderNotFound,
     PlacementConflict,
-    StrategyNotFound,
 )
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
 from store.rate_limits import SendSlot, _microseconds, reserve_in
@@ -60,7 +58,6 @@ from store.records import (
     StrategyStatus,
 )
 from store.types import MONEY_QUANTUM, readable
-from store.validation import positive_int
 
 TAG = re.compile(r"[A-Za-z0-9]{1,20}")
 EVENT_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
@@ -267,10 +264,7 @@ class OrdersMixin(StoreBase):
         try:
             async with self._write() as session:
                 conn = await session.connection()
-                strategy_id = positive_int(strategy_id, "strategy_id")
-                strategy = await lock_row(conn, STRATEGIES, STRATEGIES.c.id == strategy_id)
-                if strategy is None:
-                    raise StrategyNotFound(strategy_id)
+                strategy = await self._lock_strategy_row(conn, strategy_id)
                 existing = (
                     await conn.execute(select(ORDERS).where(ORDERS.c.workflow_id == workflow_id))
                 ).mappings().first()
