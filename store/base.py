@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Self, TypeVar, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Select, Table, Update, bindparam, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -37,11 +38,15 @@ from store.validation import positive_int
 
 RecordT = TypeVar("RecordT")
 
+# What a lost or refused database connection raises: the store answers StoreUnavailable, and retries.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
+
 # The tables the order path writes with Core (see LockedRow).
 ORDERS = cast(Table, Order.__table__)
 STRATEGIES = cast(Table, Strategy.__table__)
 ORDER_LOGS = cast(Table, OrderLog.__table__)
 ORDER_EVENTS = cast(Table, OrderEvent.__table__)
+_STRATEGY_OF_ORDER = select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == bindparam("key"))
 
 
 def utc_now() -> datetime:
@@ -90,9 +95,28 @@ def _differs(new: Any, old: Any) -> bool:
     return isinstance(new, Decimal) and str(new) != str(old)  # 1.5 and 1.50 are stored as written
 
 
-async def lock_row(conn: AsyncConnection, table: Table, *where: Any) -> LockedRow | None:
-    """The one row matching `where`, held (SELECT ... FOR UPDATE) until the transaction ends."""
-    found = (await conn.execute(select(table).where(*where).with_for_update())).mappings().first()
+# The order path's statements are built once, with their values bound at execution: SQLAlchemy then
+# neither rebuilds nor re-keys them for its compiled cache on every call.
+@functools.cache
+def row_by(table: Table, column: str, *, for_update: bool = False) -> Select[Any]:
+    """SELECT the rows of `table` whose `column` equals the bound `key` (held until commit with for_update)."""
+    statement = select(table).where(table.c[column] == bindparam("key"))
+    return statement.with_for_update() if for_update else statement
+
+
+@functools.cache
+def _update_by_id(table: Table) -> Update:
+    """UPDATE one row by its `row_id` (and its `row_version`, where the table has one); the columns to
+    set are the other bound values, and SQLAlchemy compiles one statement per set of column names."""
+    statement = update(table).where(table.c.id == bindparam("row_id"))
+    if "version" in table.c:
+        statement = statement.where(table.c.version == bindparam("row_version"))
+    return statement
+
+
+async def lock_row(conn: AsyncConnection, table: Table, column: str, key: Any) -> LockedRow | None:
+    """The one row whose `column` is `key`, held (SELECT ... FOR UPDATE) until the transaction ends."""
+    found = (await conn.execute(row_by(table, column, for_update=True), {"key": key})).mappings().first()
     return LockedRow(table, found) if found is not None else None
 
 
@@ -103,12 +127,12 @@ async def write_back(conn: AsyncConnection, row: LockedRow) -> None:
     if not changes:
         return
     table = row._table
-    statement = update(table).where(table.c.id == row._read["id"])
+    values = {"row_id": row._read["id"], **changes}
     if "version" in table.c:
         version = row._read["version"]
-        statement = statement.where(table.c.version == version)
+        values["row_version"], values["version"] = version, version + 1
         changes["version"] = version + 1
-    result = await conn.execute(statement.values(**changes))
+    result = await conn.execute(_update_by_id(table), values)
     if result.rowcount != 1:
         raise ConcurrentUpdate(f"a {table.name} row changed while this transaction wrote it; retry")
     row.__dict__.update(changes)
@@ -180,7 +204,16 @@ class StoreBase:
                 yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"a row changed while this transaction wrote it; retry ({exc})") from exc
-        except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
+        except DATABASE_DOWN as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _write_core(self) -> AsyncIterator[AsyncConnection]:
+        """`_write()` on a connection, without an ORM session: for the order path's Core transactions."""
+        try:
+            async with self._write_turn, self._engine.begin() as conn:
+                yield conn
+        except DATABASE_DOWN as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     @contextlib.asynccontextmanager
@@ -188,7 +221,7 @@ class StoreBase:
         try:
             async with self._read_sessions.begin() as session:
                 yield session
-        except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
+        except DATABASE_DOWN as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     async def _user_row(self, session: AsyncSession, user_id: int) -> User:
@@ -240,7 +273,7 @@ class StoreBase:
 
     async def _lock_strategy_row(self, conn: AsyncConnection, strategy_id: int) -> LockedRow:
         """`_strategy_row(lock=True)` for Core."""
-        strategy = await lock_row(conn, STRATEGIES, STRATEGIES.c.id == positive_int(strategy_id, "strategy_id"))
+        strategy = await lock_row(conn, STRATEGIES, "id", positive_int(strategy_id, "strategy_id"))
         if strategy is None:
             raise StrategyNotFound(strategy_id)
         return strategy
@@ -250,11 +283,11 @@ class StoreBase:
     ) -> tuple[LockedRow, LockedRow]:
         """`_lock_order_and_strategy` for Core: the same locks, in the same order, as LockedRows."""
         if strategy_id is None:
-            strategy_id = await conn.scalar(select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == workflow_id))
+            strategy_id = await conn.scalar(_STRATEGY_OF_ORDER, {"key": workflow_id})
             if strategy_id is None:
                 raise OrderNotFound(workflow_id)
         strategy = await self._lock_strategy_row(conn, strategy_id)
-        order = await lock_row(conn, ORDERS, ORDERS.c.workflow_id == workflow_id)
+        order = await lock_row(conn, ORDERS, "workflow_id", workflow_id)
         if order is None:
             raise OrderNotFound(workflow_id)
         if order.strategy_id != strategy.id:

@@ -27,6 +27,7 @@ from store.base import (
     StoreBase,
     flag_for_intervention,
     lock_row,
+    row_by,
     strategy_record,
     to_record,
     utc_now,
@@ -75,6 +76,11 @@ ONE_PER_ORDER = frozenset(
 
 
 TWIN_MARK = "#twin:"
+
+# The order path's inserts, built once (see store.base.row_by).
+_INSERT_ORDER = insert(ORDERS).returning(*ORDERS.c)
+_INSERT_LOG = insert(ORDER_LOGS)
+_INSERT_EVENT = insert(ORDER_EVENTS)
 
 
 def twin_workflow_id(workflow_id: str, broker_order_id: str) -> str:
@@ -262,12 +268,9 @@ class OrdersMixin(StoreBase):
         workflow_id = _workflow_id(workflow_id)
         now = utc_now()
         try:
-            async with self._write() as session:
-                conn = await session.connection()
+            async with self._write_core() as conn:
                 strategy = await self._lock_strategy_row(conn, strategy_id)
-                existing = (
-                    await conn.execute(select(ORDERS).where(ORDERS.c.workflow_id == workflow_id))
-                ).mappings().first()
+                existing = (await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})).mappings().first()
                 if existing is not None:
                     if existing["strategy_id"] != strategy.id:
                         raise InvalidInput(
@@ -289,7 +292,7 @@ class OrdersMixin(StoreBase):
                 if pacing is not None:
                     spacing_us, max_wait_us = pacing
                     slot = await reserve_in(
-                        session, self.dialect, self.database_clock, strategy.broker_account_id, spacing_us, max_wait_us
+                        conn, self.dialect, self.database_clock, strategy.broker_account_id, spacing_us, max_wait_us
                     )
                     if slot.granted and slot.wait_seconds == 0:
                         # The request leaves as soon as this commits: stamped now, not at the transaction's
@@ -298,7 +301,7 @@ class OrdersMixin(StoreBase):
 
                 inserted = (
                     await conn.execute(
-                        insert(ORDERS).returning(*ORDERS.c),
+                        _INSERT_ORDER,
                         {
                             "workflow_id": new.workflow_id,
                             "strategy_id": strategy.id,
@@ -325,7 +328,7 @@ class OrdersMixin(StoreBase):
                 ).mappings().one()
                 order = LockedRow(ORDERS, inserted)
                 await conn.execute(
-                    insert(ORDER_LOGS),
+                    _INSERT_LOG,
                     [{
                         "order_id": order.id,
                         "workflow_id": order.workflow_id,
@@ -338,7 +341,7 @@ class OrdersMixin(StoreBase):
                     }],
                 )
                 await conn.execute(
-                    insert(ORDER_EVENTS),
+                    _INSERT_EVENT,
                     [_event_values(
                         order,
                         OrderEventType.ATTEMPTED,
@@ -429,9 +432,8 @@ class OrdersMixin(StoreBase):
         placed = check.aware_datetime(placed_at, "placed_at")
         if not isinstance(adopted, bool):
             raise InvalidInput(f"adopted must be True or False, got {adopted!r}")
-        async with self._write() as session:
-            conn = await session.connection()
-            order = await lock_row(conn, ORDERS, ORDERS.c.workflow_id == workflow_id)
+        async with self._write_core() as conn:
+            order = await lock_row(conn, ORDERS, "workflow_id", workflow_id)
             if order is None:
                 raise OrderNotFound(workflow_id)
             if order.broker_order_id == broker_id:
@@ -451,7 +453,7 @@ class OrdersMixin(StoreBase):
             event_type = OrderEventType.ADOPTED if adopted else OrderEventType.PLACED
             await write_back(conn, order)
             await conn.execute(
-                insert(ORDER_EVENTS),
+                _INSERT_EVENT,
                 [_event_values(order, event_type, {"broker_order_id": broker_id, "placed_at": placed}, now)],
             )
             return to_record(OrderRecord, order)
@@ -609,13 +611,12 @@ class OrdersMixin(StoreBase):
         error_message = check.optional_text(error, "error", max_length=10_000)
         completed = check.aware_datetime(completed_at, "completed_at")
         why = check.text(intervention, "intervention", max_length=2000) if intervention is not None else None
-        async with self._write() as session:
-            # Core, not the ORM: the order path's last transaction, on every order (see LockedRow).
-            conn = await session.connection()
+        # Core, not the ORM: the order path's last transaction, on every order (see LockedRow).
+        async with self._write_core() as conn:
             order, strategy = await self._lock_order_and_strategy_rows(conn, workflow_id, strategy_id=strategy_id)
             if order.outcome is not None:
                 return to_record(OrderRecord, order)
-            log = await lock_row(conn, ORDER_LOGS, ORDER_LOGS.c.order_id == order.id)
+            log = await lock_row(conn, ORDER_LOGS, "order_id", order.id)
             if log is None:
                 raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
             events: list[dict[str, Any]] = []
@@ -668,7 +669,7 @@ class OrdersMixin(StoreBase):
             await write_back(conn, strategy)
             await write_back(conn, order)
             await write_back(conn, log)
-            await conn.execute(insert(ORDER_EVENTS), events)
+            await conn.execute(_INSERT_EVENT, events)
             return to_record(OrderRecord, order)
 
     async def record_twin(

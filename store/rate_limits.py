@@ -10,13 +10,15 @@ places its slots on its own clock with that, never early.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Integer, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Insert, Integer, Select, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from store.base import StoreBase
@@ -86,26 +88,15 @@ class RateLimitsMixin(StoreBase):
 
 
 async def reserve_in(
-    session: AsyncSession, dialect: str, clock: DatabaseClock, account_id: int, spacing_us: int,
+    conn: AsyncConnection | AsyncSession, dialect: str, clock: DatabaseClock, account_id: int, spacing_us: int,
     max_wait_us: int | None,
 ) -> SendSlot:
     """`reserve_send_slot` inside the caller's transaction (the order path's first one holds it too)."""
-    row = OrderRateLimit
-    now = clock_us(dialect)
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    latest = func.greatest if dialect == "postgresql" else func.max
-    statement = (
-        dialect_insert(row)
-        .values(broker_account_id=account_id, next_free_us=now + spacing_us)
-        .on_conflict_do_update(
-            index_elements=[row.broker_account_id],
-            set_={"next_free_us": latest(row.next_free_us, now) + spacing_us},
-            where=None if max_wait_us is None else row.next_free_us <= now + max_wait_us,
-        )
-        .returning(row.next_free_us, now.label("now_us"))
-    )
+    values = {"account_id": account_id, "spacing_us": spacing_us}
+    if max_wait_us is not None:
+        values["max_wait_us"] = max_wait_us
     sent = time.time()
-    reserved = (await session.execute(statement)).one_or_none()
+    reserved = (await conn.execute(_reservation(dialect, bounded=max_wait_us is not None), values)).one_or_none()
     answered = time.time()
     if reserved is not None:
         clock.observe(sent, reserved.now_us / MICROSECONDS, answered)
@@ -116,13 +107,38 @@ async def reserve_in(
         earliest_here, latest_here = clock.local_window(send_at_us / MICROSECONDS)
         return SendSlot(account_id, True, wait_seconds, send_at, not_before=latest_here, not_after=earliest_here)
     assert max_wait_us is not None  # only a bounded reservation can be refused
-    queue = (
-        await session.execute(
-            select(row.next_free_us, now.label("now_us")).where(row.broker_account_id == account_id)
-        )
-    ).one()
+    queue = (await conn.execute(_queue(dialect), {"account_id": account_id})).one()
     opens_in_us = queue.next_free_us - max_wait_us - queue.now_us
     return SendSlot(account_id, False, max(0, opens_in_us) / MICROSECONDS)
+
+
+@functools.cache
+def _reservation(dialect: str, *, bounded: bool) -> Insert:
+    """The one statement of a reservation, built once per dialect; bound: account_id, spacing_us and
+    (when `bounded`) max_wait_us. It answers no row when the queue is longer than max_wait_us."""
+    row = OrderRateLimit.__table__.c
+    now = clock_us(dialect)
+    spacing = bindparam("spacing_us", type_=BigInteger)
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    latest = func.greatest if dialect == "postgresql" else func.max
+    return (
+        dialect_insert(OrderRateLimit)
+        .values(broker_account_id=bindparam("account_id"), next_free_us=now + spacing)
+        .on_conflict_do_update(
+            index_elements=[row.broker_account_id],
+            set_={"next_free_us": latest(row.next_free_us, now) + spacing},
+            where=row.next_free_us <= now + bindparam("max_wait_us", type_=BigInteger) if bounded else None,
+        )
+        .returning(row.next_free_us, now.label("now_us"))
+    )
+
+
+@functools.cache
+def _queue(dialect: str) -> Select[Any]:
+    row = OrderRateLimit.__table__.c
+    return select(row.next_free_us, clock_us(dialect).label("now_us")).where(
+        row.broker_account_id == bindparam("account_id")
+    )
 
 
 def clock_us(dialect: str) -> ColumnElement[int]:
