@@ -46,7 +46,6 @@ ORDERS = cast(Table, Order.__table__)
 STRATEGIES = cast(Table, Strategy.__table__)
 ORDER_LOGS = cast(Table, OrderLog.__table__)
 ORDER_EVENTS = cast(Table, OrderEvent.__table__)
-_STRATEGY_OF_ORDER = select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == bindparam("key"))
 
 
 def utc_now() -> datetime:
@@ -277,22 +276,6 @@ class StoreBase:
         if strategy is None:
             raise StrategyNotFound(strategy_id)
         return strategy
-
-    async def _lock_order_and_strategy_rows(
-        self, conn: AsyncConnection, workflow_id: str, *, strategy_id: int | None = None
-    ) -> tuple[LockedRow, LockedRow]:
-        """`_lock_order_and_strategy` for Core: the same locks, in the same order, as LockedRows."""
-        if strategy_id is None:
-            strategy_id = await conn.scalar(_STRATEGY_OF_ORDER, {"key": workflow_id})
-            if strategy_id is None:
-                raise OrderNotFound(workflow_id)
-        strategy = await self._lock_strategy_row(conn, strategy_id)
-        order = await lock_row(conn, ORDERS, "workflow_id", workflow_id)
-        if order is None:
-            raise OrderNotFound(workflow_id)
-        if order.strategy_id != strategy.id:
-            raise InvalidInput(f"order {workflow_id} belongs to strategy {order.strategy_id}, not {strategy.id}")
-        return order, strategy
 
 
 def strategy_record(row: Strategy | LockedRow) -> StrategyRecord:

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from engine.order_state import is_terminal
 from store import validation as check
@@ -81,6 +81,15 @@ TWIN_MARK = "#twin:"
 _INSERT_ORDER = insert(ORDERS).returning(*ORDERS.c)
 _INSERT_LOG = insert(ORDER_LOGS)
 _INSERT_EVENT = insert(ORDER_EVENTS)
+_STRATEGY_OF_ORDER = select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == bindparam("key"))
+# An order and its audit row, locked together (an order's audit row is written only under its lock).
+_ORDER_WITH_LOG = (
+    select(ORDERS, ORDER_LOGS)
+    .join(ORDER_LOGS, ORDER_LOGS.c.order_id == ORDERS.c.id)
+    .where(ORDERS.c.workflow_id == bindparam("key"))
+    .with_for_update()
+    .set_label_style(LABEL_STYLE_TABLENAME_PLUS_COL)
+)
 
 
 def twin_workflow_id(workflow_id: str, broker_order_id: str) -> str:
@@ -613,12 +622,9 @@ class OrdersMixin(StoreBase):
         why = check.text(intervention, "intervention", max_length=2000) if intervention is not None else None
         # Core, not the ORM: the order path's last transaction, on every order (see LockedRow).
         async with self._write_core() as conn:
-            order, strategy = await self._lock_order_and_strategy_rows(conn, workflow_id, strategy_id=strategy_id)
+            order, log, strategy = await self._lock_finishing_rows(conn, workflow_id, strategy_id)
             if order.outcome is not None:
                 return to_record(OrderRecord, order)
-            log = await lock_row(conn, ORDER_LOGS, "order_id", order.id)
-            if log is None:
-                raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
             events: list[dict[str, Any]] = []
             if checked_fill is not None and checked_fill.filled_quantity > 0:
                 self._apply_fill_locked(events.append, order, strategy, checked_fill)
@@ -671,6 +677,28 @@ class OrdersMixin(StoreBase):
             await write_back(conn, log)
             await conn.execute(_INSERT_EVENT, events)
             return to_record(OrderRecord, order)
+
+    async def _lock_finishing_rows(
+        self, conn: AsyncConnection, workflow_id: str, strategy_id: int | None
+    ) -> tuple[LockedRow, LockedRow, LockedRow]:
+        """The order, its audit row and its strategy, locked as every writer locks them (the strategy,
+        then the order): the order and its audit row in one statement."""
+        if strategy_id is None:
+            strategy_id = await conn.scalar(_STRATEGY_OF_ORDER, {"key": workflow_id})
+            if strategy_id is None:
+                raise OrderNotFound(workflow_id)
+        strategy = await self._lock_strategy_row(conn, strategy_id)
+        found = (await conn.execute(_ORDER_WITH_LOG, {"key": workflow_id})).first()
+        if found is None:
+            if (await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})).first() is None:
+                raise OrderNotFound(workflow_id)
+            raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
+        columns = found._mapping
+        order = LockedRow(ORDERS, {column.key: columns[column] for column in ORDERS.c})
+        log = LockedRow(ORDER_LOGS, {column.key: columns[column] for column in ORDER_LOGS.c})
+        if order.strategy_id != strategy.id:
+            raise InvalidInput(f"order {workflow_id} belongs to strategy {order.strategy_id}, not {strategy.id}")
+        return order, log, strategy
 
     async def record_twin(
         self, workflow_id: str, broker_order_id: str, quantity: int, seen_at: datetime
