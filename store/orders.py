@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, bindparam, insert, select, update
+from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -23,6 +23,7 @@ from store.base import (
     ORDER_EVENTS,
     ORDER_LOGS,
     ORDERS,
+    STRATEGIES,
     LockedRow,
     StoreBase,
     flag_for_intervention,
@@ -40,6 +41,7 @@ from store.errors import (
     OrderInFlight,
     OrderNotFound,
     PlacementConflict,
+    StrategyNotFound,
 )
 from store.models import WORKFLOW_ID_LENGTH, Order, OrderEvent, OrderLog, Strategy
 from store.rate_limits import SendSlot, _microseconds, reserve_in
@@ -81,6 +83,19 @@ TWIN_MARK = "#twin:"
 _INSERT_ORDER = insert(ORDERS).returning(*ORDERS.c)
 _INSERT_LOG = insert(ORDER_LOGS)
 _INSERT_EVENT = insert(ORDER_EVENTS)
+# The broker's order id, on an order that has none and has not finished: one statement, no lock first.
+_RECORD_PLACEMENT = (
+    update(ORDERS)
+    .where(ORDERS.c.workflow_id == bindparam("key"), ORDERS.c.broker_order_id.is_(None), ORDERS.c.outcome.is_(None))
+    .values(status=case((ORDERS.c.status == ORDER_STATUS_NEW, ORDER_STATUS_PLACED), else_=ORDERS.c.status))
+    .returning(*ORDERS.c)
+)
+# The strategy, locked, and whether an order of `workflow_id` exists already (a replay): one statement.
+_STRATEGY_FOR_BEGIN = select(
+    STRATEGIES,
+    select(ORDERS.c.id).where(ORDERS.c.workflow_id == bindparam("workflow_id")).scalar_subquery()
+    .label("existing_order_id"),
+).where(STRATEGIES.c.id == bindparam("key")).with_for_update()
 _STRATEGY_OF_ORDER = select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == bindparam("key"))
 # An order and its audit row, locked together (an order's audit row is written only under its lock).
 _ORDER_WITH_LOG = (
@@ -278,9 +293,19 @@ class OrdersMixin(StoreBase):
         now = utc_now()
         try:
             async with self._write_core() as conn:
-                strategy = await self._lock_strategy_row(conn, strategy_id)
-                existing = (await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})).mappings().first()
-                if existing is not None:
+                locked = (
+                    await conn.execute(
+                        _STRATEGY_FOR_BEGIN,
+                        {"key": check.positive_int(strategy_id, "strategy_id"), "workflow_id": workflow_id},
+                    )
+                ).mappings().first()
+                if locked is None:
+                    raise StrategyNotFound(strategy_id)
+                strategy = LockedRow(STRATEGIES, {column.key: locked[column.key] for column in STRATEGIES.c})
+                if locked["existing_order_id"] is not None:  # a replay
+                    existing = (
+                        await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})
+                    ).mappings().one()
                     if existing["strategy_id"] != strategy.id:
                         raise InvalidInput(
                             f"workflow {workflow_id!r} already holds an order of strategy "
@@ -442,25 +467,28 @@ class OrdersMixin(StoreBase):
         if not isinstance(adopted, bool):
             raise InvalidInput(f"adopted must be True or False, got {adopted!r}")
         async with self._write_core() as conn:
-            order = await lock_row(conn, ORDERS, "workflow_id", workflow_id)
-            if order is None:
-                raise OrderNotFound(workflow_id)
-            if order.broker_order_id == broker_id:
-                return to_record(OrderRecord, order)
-            if order.broker_order_id is not None:
-                raise PlacementConflict(
-                    f"order {workflow_id} is already broker order {order.broker_order_id}, yet {broker_id} "
-                    "was placed for it too; check the broker's order book for a duplicate"
-                )
-            if order.outcome is not None:
-                raise InvalidInput(f"order {workflow_id} finished {order.outcome}; a placement cannot follow")
             now = utc_now()
-            order.broker_order_id, order.placed_at, order.adopted = broker_id, placed, adopted
-            if order.status == ORDER_STATUS_NEW:
-                order.status = ORDER_STATUS_PLACED
-            order.updated_at = now
+            placed_row = (
+                await conn.execute(
+                    _RECORD_PLACEMENT,
+                    {"key": workflow_id, "broker_order_id": broker_id, "placed_at": placed, "adopted": adopted,
+                     "updated_at": now},
+                )
+            ).mappings().first()
+            if placed_row is None:  # not an order waiting for its broker id: say which case it is
+                order = await lock_row(conn, ORDERS, "workflow_id", workflow_id)
+                if order is None:
+                    raise OrderNotFound(workflow_id)
+                if order.broker_order_id == broker_id:
+                    return to_record(OrderRecord, order)
+                if order.broker_order_id is not None:
+                    raise PlacementConflict(
+                        f"order {workflow_id} is already broker order {order.broker_order_id}, yet {broker_id} "
+                        "was placed for it too; check the broker's order book for a duplicate"
+                    )
+                raise InvalidInput(f"order {workflow_id} finished {order.outcome}; a placement cannot follow")
+            order = LockedRow(ORDERS, placed_row)
             event_type = OrderEventType.ADOPTED if adopted else OrderEventType.PLACED
-            await write_back(conn, order)
             await conn.execute(
                 _INSERT_EVENT,
                 [_event_values(order, event_type, {"broker_order_id": broker_id, "placed_at": placed}, now)],
