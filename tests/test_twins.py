@@ -83,8 +83,11 @@ async def test_a_filled_twin_is_applied_and_flagged_with_both_order_ids(
     assert twin["order_id"] in str(after.intervention_reason)
     record = await engine.store.get_order(twin_workflow_id(result.order_key, twin["order_id"]))
     assert (record.broker_order_id, record.filled_quantity, record.outcome) == (twin["order_id"], 4, "SUCCESS")
-    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL and "doubled" in r.getMessage()]
-    assert critical, [r.getMessage() for r in caplog.records]
+
+    async def alerted() -> list[logging.LogRecord]:  # the alert follows the flag, in the next step
+        return [r for r in caplog.records if r.levelno == logging.CRITICAL and "doubled" in r.getMessage()]
+
+    assert await eventually(alerted, "the CRITICAL 'order doubled' alert")
 
 
 async def test_an_open_twin_is_cancelled_while_the_order_is_followed(engine: Engine) -> None:
