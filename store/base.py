@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -38,14 +38,21 @@ from store.validation import positive_int
 
 RecordT = TypeVar("RecordT")
 
-# What a lost or refused database connection raises: the store answers StoreUnavailable, and retries.
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
 
 # The tables the order path writes with Core (see LockedRow).
 ORDERS = cast(Table, Order.__table__)
 STRATEGIES = cast(Table, Strategy.__table__)
 ORDER_LOGS = cast(Table, OrderLog.__table__)
 ORDER_EVENTS = cast(Table, OrderEvent.__table__)
+
+
+@contextlib.contextmanager
+def _unavailable_when_down() -> Iterator[None]:
+    """A lost or refused database connection, raised as StoreUnavailable (retryable)."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
+        raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
 
 def utc_now() -> datetime:
@@ -75,6 +82,11 @@ class LockedRow:
         object.__setattr__(self, "_table", table)
         object.__setattr__(self, "_read", dict(values))
         self.__dict__.update(values)
+
+    @classmethod
+    def of(cls, table: Table, row: Mapping[Any, Any]) -> LockedRow:
+        """The columns of `table` in a result row that holds others too (a join, a subquery's value)."""
+        return cls(table, {column.key: row[column] for column in table.c})
 
     def __getattr__(self, name: str) -> Any:  # only for names that are not columns
         raise AttributeError(f"{self._table.name} has no column {name!r}")
@@ -199,29 +211,24 @@ class StoreBase:
     async def _write(self) -> AsyncIterator[AsyncSession]:
         """One transaction that commits when the block ends and rolls back on any error."""
         try:
-            async with self._write_turn, self._write_sessions.begin() as session:
-                yield session
+            with _unavailable_when_down():
+                async with self._write_turn, self._write_sessions.begin() as session:
+                    yield session
         except StaleDataError as exc:
             raise ConcurrentUpdate(f"a row changed while this transaction wrote it; retry ({exc})") from exc
-        except DATABASE_DOWN as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     @contextlib.asynccontextmanager
     async def _write_core(self) -> AsyncIterator[AsyncConnection]:
         """`_write()` on a connection, without an ORM session: for the order path's Core transactions."""
-        try:
+        with _unavailable_when_down():
             async with self._write_turn, self._engine.begin() as conn:
                 yield conn
-        except DATABASE_DOWN as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
-        try:
+        with _unavailable_when_down():
             async with self._read_sessions.begin() as session:
                 yield session
-        except DATABASE_DOWN as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     async def _user_row(self, session: AsyncSession, user_id: int) -> User:
         positive_int(user_id, "user_id")

@@ -301,7 +301,7 @@ class OrdersMixin(StoreBase):
                 ).mappings().first()
                 if locked is None:
                     raise StrategyNotFound(strategy_id)
-                strategy = LockedRow(STRATEGIES, {column.key: locked[column.key] for column in STRATEGIES.c})
+                strategy = LockedRow.of(STRATEGIES, locked)
                 if locked["existing_order_id"] is not None:  # a replay
                     existing = (
                         await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})
@@ -721,9 +721,7 @@ class OrdersMixin(StoreBase):
             if (await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})).first() is None:
                 raise OrderNotFound(workflow_id)
             raise InvalidInput(f"order {workflow_id} has no audit row; it was not begun with begin_order")
-        columns = found._mapping
-        order = LockedRow(ORDERS, {column.key: columns[column] for column in ORDERS.c})
-        log = LockedRow(ORDER_LOGS, {column.key: columns[column] for column in ORDER_LOGS.c})
+        order, log = LockedRow.of(ORDERS, found._mapping), LockedRow.of(ORDER_LOGS, found._mapping)
         if order.strategy_id != strategy.id:
             raise InvalidInput(f"order {workflow_id} belongs to strategy {order.strategy_id}, not {strategy.id}")
         return order, log, strategy
