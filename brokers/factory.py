@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from brokers.base import Broker
-from brokers.kite import KiteBroker
+from brokers.kite import KiteBroker, kite_session
 from engine.settings import Settings
 
 # Threads for the synchronous kiteconnect client, shared by every account of one worker.
@@ -22,7 +22,8 @@ class BrokerFactory(Protocol):
 
 
 class KiteBrokerFactory:
-    """One `KiteBroker` per api_key, kept while its access token stays the same.
+    """One `KiteBroker` per api_key, kept while its access token stays the same; all of them on one
+    thread pool and one HTTP session (`kite_session`: the accounts share kept-alive connections).
 
     A new token for the same api_key (the daily re-login) replaces the cached broker; the old one is
     not closed, since a call may still be using it, and is released when the last user drops it.
@@ -34,6 +35,8 @@ class KiteBrokerFactory:
         self._orders_per_second = settings.broker_orders_per_second
         self._brokers: dict[str, tuple[str, KiteBroker]] = {}
         self._executor = ThreadPoolExecutor(max_workers=SHARED_THREADS, thread_name_prefix="kite")
+        # And one connection pool: as many kept-alive connections to Kite as threads, for every account.
+        self._session = kite_session(SHARED_THREADS)
         # Sync activities may call from several threads.
         self._lock = threading.Lock()
 
@@ -53,6 +56,7 @@ class KiteBrokerFactory:
                 timeout=self._timeout,
                 orders_per_second=self._orders_per_second,
                 executor=self._executor,
+                session=self._session,
             )
             self._brokers[api_key] = (token_hash, broker)
             return broker
@@ -65,3 +69,4 @@ class KiteBrokerFactory:
         for broker in brokers:
             broker.close()
         self._executor.shutdown(wait=False)
+        self._session.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import http.cookiejar
 import inspect
 import logging
 import re
@@ -153,6 +154,53 @@ class OrderPacer:
                 await self._sleep(self._window - (now - earliest))
 
 
+# The error_type of the last error answer on each thread (a thread runs one call at a time); the 5.2.2
+# client drops unknown ones.
+_last_answer = threading.local()
+
+
+def _remember_error_type(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    _last_answer.error_type = None
+    if response.status_code < 400 or "json" not in response.headers.get("content-type", ""):
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        return
+    if isinstance(body, dict) and isinstance(body.get("error_type"), str):
+        _last_answer.error_type = body["error_type"]
+
+
+def _header_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """kiteconnect's own Authorization header, as it is: an auth set on the session keeps requests
+    from reading ~/.netrc on every call, and a netrc entry for Kite's host from replacing the token."""
+    return request
+
+
+def kite_session(connections: int) -> requests.Session:
+    """The HTTP session of kiteconnect clients: `connections` kept-alive connections per host.
+
+    One session serves every account of a broker factory: kiteconnect sends each request's
+    Authorization header itself, so the accounts share the connections to Kite (no new TCP and TLS
+    handshake for an account's first order of the day) and nothing else. Cookies are refused: no
+    answer to one account rides on another's requests. No retries: a silent retry of a POST could
+    place an order twice. (kiteconnect's `pool=` mounts on https only; the paper broker is plain http.)
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=connections, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.cookies.set_policy(_NoCookies())
+    session.auth = _header_auth
+    session.hooks["response"].append(_remember_error_type)
+    return session
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
 class KiteBroker:
     """One Kite account, through one `KiteConnect` client.
 
@@ -171,6 +219,7 @@ class KiteBroker:
         orders_per_second: int | None = None,
         client: KiteClient | None = None,
         executor: ThreadPoolExecutor | None = None,
+        session: requests.Session | None = None,
     ):
         if not api_key:
             raise BrokerConfigurationError("api_key is empty: pass the Kite app's api_key")
@@ -187,9 +236,9 @@ class KiteBroker:
         # A factory shares one pool among its brokers: hundreds of accounts must not mean thousands of threads.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="kite")
-        # The error_type of the last error answer on each thread; the 5.2.2 client drops unknown ones.
-        self._last_answer = threading.local()
-        self._client: KiteClient = client if client is not None else self._build_client()
+        # A factory's brokers share its session (see `kite_session`); one of its own is closed with it.
+        self._owns_session = session is None
+        self._client: KiteClient = client if client is not None else self._build_client(session)
 
     def __repr__(self) -> str:
         return f"KiteBroker(api_key={self.api_key!r}, root={self.root!r})"
@@ -200,32 +249,15 @@ class KiteBroker:
         if self._owns_executor:
             self._executor.shutdown(wait=False)
         session = getattr(self._client, "reqsession", None)
-        if isinstance(session, requests.Session):
+        if self._owns_session and isinstance(session, requests.Session):
             session.close()
 
-    def _build_client(self) -> KiteClient:
+    def _build_client(self, session: requests.Session | None) -> KiteClient:
         client = KiteConnect(self.api_key, access_token=self._access_token, root=self.root,
                              timeout=self.timeout)
-        # KiteConnect's `pool=` mounts on https only; the paper broker is plain http. No retries:
-        # a silent retry of a POST could place an order twice.
-        adapter = HTTPAdapter(
-            pool_connections=1, pool_maxsize=MAX_CONCURRENT_CALLS, max_retries=0
-        )
-        client.reqsession.mount("https://", adapter)
-        client.reqsession.mount("http://", adapter)
-        client.reqsession.hooks["response"].append(self._remember_error_type)
+        client.reqsession.close()
+        client.reqsession = session if session is not None else kite_session(MAX_CONCURRENT_CALLS)
         return client
-
-    def _remember_error_type(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self._last_answer.error_type = None
-        if response.status_code < 400 or "json" not in response.headers.get("content-type", ""):
-            return
-        try:
-            body = response.json()
-        except ValueError:
-            return
-        if isinstance(body, dict) and isinstance(body.get("error_type"), str):
-            self._last_answer.error_type = body["error_type"]
 
     # ---- the Broker protocol -------------------------------------------------------------------
 
@@ -380,7 +412,7 @@ class KiteBroker:
         return await loop.run_in_executor(self._executor, in_context, self._call_in_thread, operation, call, order_id)
 
     def _call_in_thread(self, operation: str, call: Callable[[], T], order_id: str | None) -> T:
-        self._last_answer.error_type = None
+        _last_answer.error_type = None
         try:
             return call()
         except BrokerError as exc:
@@ -388,7 +420,7 @@ class KiteBroker:
         except Exception as exc:
             error = classify_failure(
                 exc, operation=operation, order_id=order_id,
-                error_type=getattr(self._last_answer, "error_type", None), redact=self._redact,
+                error_type=getattr(_last_answer, "error_type", None), redact=self._redact,
             )
         # Raised outside the except block: the original (which may hold the request headers) is not chained.
         raise error

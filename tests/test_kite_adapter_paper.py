@@ -7,6 +7,7 @@ import asyncio
 import traceback
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +22,10 @@ from brokers.errors import (
     RateLimitedError,
     SessionExpiredError,
 )
+from brokers.factory import KiteBrokerFactory
 from brokers.kite import KiteBroker
 from brokers.paper.testing import PaperBrokerServer
+from engine.settings import Settings
 
 API_KEY = "adapterkey"
 # Generous, so a loaded machine does not turn an ordinary answer into a timeout.
@@ -269,3 +272,45 @@ async def test_paced_burst_stays_under_the_brokers_limit(paper: PaperBrokerServe
     requests = paper.control.requests()
     assert len(requests) == 15
     assert not any(row["rate_limited"] for row in requests)
+
+
+# ---- the factory's shared connections ------------------------------------------------------------------
+
+
+async def test_accounts_of_one_factory_share_kept_alive_connections_each_with_its_own_token(
+    paper: PaperBrokerServer, token: str
+) -> None:
+    other_token = paper.login("adapterkey2")
+    factory = KiteBrokerFactory(Settings(kite_root=paper.url, broker_http_timeout_seconds=HTTP_TIMEOUT_SECONDS))
+    try:
+        first = factory.for_credentials(API_KEY, token)
+        second = factory.for_credentials("adapterkey2", other_token)
+        order_id = await first.place_order(market_buy("SHARED1"))
+        for _ in range(3):  # one after another: each call finds the connection the last one left
+            assert [order.order_id for order in await first.orders()] == [order_id]
+            assert await second.orders() == []  # the second account's own token, not the first's
+        assert connections_made(first, second, url=paper.url) == 1
+    finally:
+        factory.close()
+
+
+def connections_made(*brokers: KiteBroker, url: str) -> int:
+    """HTTP connections the brokers' clients opened to `url`'s host, over their lifetime."""
+    pools = {
+        id(pool): pool
+        for broker in brokers
+        for manager in [broker._client.reqsession.get_adapter(url).poolmanager]
+        for pool in (manager.pools[key] for key in manager.pools.keys())
+    }
+    return sum(pool.num_connections for pool in pools.values())
+
+
+async def test_a_netrc_entry_for_the_brokers_host_does_not_replace_the_token(
+    paper: PaperBrokerServer, broker: KiteBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password something\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    order_id = await broker.place_order(market_buy("NETRC1"))
+    assert (await follow(broker, order_id)).status == "COMPLETE"
