@@ -301,9 +301,11 @@ class OrderActivities:
             if pacing is None:
                 order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
             else:
-                order, slot = await self.store.begin_order_and_reserve(
+                order, slot, credentials = await self.store.begin_order_and_reserve(
                     intent.strategy_id, request.order_key, build, validate, spacing=pacing[0], max_wait=pacing[1]
                 )
+                if credentials is not None:  # read with the strategy's lock: `_broker` needs no read of its own
+                    self._credentials[credentials.account_id] = (time.monotonic(), credentials)
             strategy = seen[0] if seen else await self.store.get_strategy(intent.strategy_id)  # a replay
         except (errors.ValidationFailed, StrategyNotFound) as refused:
             raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None

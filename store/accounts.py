@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from store import validation as check
 from store.base import StoreBase, to_record, utc_now
-from store.errors import AlreadyExists, CredentialsMissing, InvalidInput
+from store.errors import AlreadyExists, InvalidInput
 from store.models import BrokerAccount, User
 from store.records import BrokerAccountRecord, BrokerAppCredentials, BrokerCredentials, UserRecord
 
@@ -232,18 +232,9 @@ class AccountsMixin(StoreBase):
         """The api key and today's token; CredentialsMissing if there is none or it has expired."""
         async with self._read() as session:
             account = await self._account_row(session, account_id)
-        if account.access_token_encrypted is None:
-            raise CredentialsMissing(account_id, "has no access token")
-        if account.token_expires_at is not None and account.token_expires_at <= utc_now():
-            raise CredentialsMissing(
-                account_id, f"has an access token that expired at {account.token_expires_at:%Y-%m-%d %H:%M} UTC"
-            )
-        return BrokerCredentials(
-            account_id=account.id,
-            broker=account.broker,
-            api_key=self._secret_box.decrypt(account.api_key_encrypted),
-            access_token=self._secret_box.decrypt(account.access_token_encrypted),
-            token_expires_at=account.token_expires_at,
+        return self._credentials(
+            account.id, account.broker, account.api_key_encrypted, account.access_token_encrypted,
+            account.token_expires_at,
         )
 
     async def broker_app_credentials(self, account_id: int) -> BrokerAppCredentials:

@@ -24,6 +24,7 @@ from store.db import READ_ONLY_OPTION, create_engine, parse_database_url
 from store.errors import (
     BrokerAccountNotFound,
     ConcurrentUpdate,
+    CredentialsMissing,
     InvalidInput,
     OrderNotFound,
     SchemaOutOfDate,
@@ -32,7 +33,7 @@ from store.errors import (
     UserNotFound,
 )
 from store.models import BrokerAccount, Order, OrderEvent, OrderLog, Strategy, User
-from store.records import StrategyRecord
+from store.records import BrokerCredentials, StrategyRecord
 from store.secrets import SecretBox, resolve_secret_key
 from store.validation import positive_int
 
@@ -44,6 +45,7 @@ ORDERS = cast(Table, Order.__table__)
 STRATEGIES = cast(Table, Strategy.__table__)
 ORDER_LOGS = cast(Table, OrderLog.__table__)
 ORDER_EVENTS = cast(Table, OrderEvent.__table__)
+BROKER_ACCOUNTS = cast(Table, BrokerAccount.__table__)
 
 
 @contextlib.contextmanager
@@ -229,6 +231,30 @@ class StoreBase:
         with _unavailable_when_down():
             async with self._read_sessions.begin() as session:
                 yield session
+
+    def _credentials(
+        self,
+        account_id: int,
+        broker: str,
+        api_key_encrypted: str,
+        access_token_encrypted: str | None,
+        token_expires_at: datetime | None,
+    ) -> BrokerCredentials:
+        """An account's api key and today's token, decrypted; CredentialsMissing if it has no token
+        or the token has expired."""
+        if access_token_encrypted is None:
+            raise CredentialsMissing(account_id, "has no access token")
+        if token_expires_at is not None and token_expires_at <= utc_now():
+            raise CredentialsMissing(
+                account_id, f"has an access token that expired at {token_expires_at:%Y-%m-%d %H:%M} UTC"
+            )
+        return BrokerCredentials(
+            account_id=account_id,
+            broker=broker,
+            api_key=self._secret_box.decrypt(api_key_encrypted),
+            access_token=self._secret_box.decrypt(access_token_encrypted),
+            token_expires_at=token_expires_at,
+        )
 
     async def _user_row(self, session: AsyncSession, user_id: int) -> User:
         positive_int(user_id, "user_id")

@@ -14,12 +14,14 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, bindparam, case, insert, select, update
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from engine.order_state import is_terminal
 from store import validation as check
 from store.base import (
+    BROKER_ACCOUNTS,
     ORDER_EVENTS,
     ORDER_LOGS,
     ORDERS,
@@ -35,6 +37,7 @@ from store.base import (
     write_back,
 )
 from store.errors import (
+    CredentialsMissing,
     EntryStopped,
     FillMismatch,
     InvalidInput,
@@ -48,6 +51,7 @@ from store.rate_limits import SendSlot, _microseconds, reserve_in
 from store.records import (
     ORDER_STATUS_NEW,
     ORDER_STATUS_PLACED,
+    BrokerCredentials,
     ExitReason,
     Fill,
     LogStatus,
@@ -91,11 +95,21 @@ _RECORD_PLACEMENT = (
     .returning(*ORDERS.c)
 )
 # The strategy, locked, and whether an order of `workflow_id` exists already (a replay): one statement.
-_STRATEGY_FOR_BEGIN = select(
-    STRATEGIES,
-    select(ORDERS.c.id).where(ORDERS.c.workflow_id == bindparam("workflow_id")).scalar_subquery()
-    .label("existing_order_id"),
-).where(STRATEGIES.c.id == bindparam("key")).with_for_update()
+# The strategy, locked; whether its order exists already (a replay); its account's credentials.
+_STRATEGY_FOR_BEGIN = (
+    select(
+        STRATEGIES,
+        select(ORDERS.c.id).where(ORDERS.c.workflow_id == bindparam("workflow_id")).scalar_subquery()
+        .label("existing_order_id"),
+        BROKER_ACCOUNTS.c.broker.label("account_broker"),
+        BROKER_ACCOUNTS.c.api_key_encrypted.label("account_api_key_encrypted"),
+        BROKER_ACCOUNTS.c.access_token_encrypted.label("account_access_token_encrypted"),
+        BROKER_ACCOUNTS.c.token_expires_at.label("account_token_expires_at"),
+    )
+    .select_from(STRATEGIES.join(BROKER_ACCOUNTS, BROKER_ACCOUNTS.c.id == STRATEGIES.c.broker_account_id))
+    .where(STRATEGIES.c.id == bindparam("key"))
+    .with_for_update(of=STRATEGIES)
+)
 _STRATEGY_OF_ORDER = select(ORDERS.c.strategy_id).where(ORDERS.c.workflow_id == bindparam("key"))
 # An order and its audit row, locked together (an order's audit row is written only under its lock).
 _ORDER_WITH_LOG = (
@@ -258,7 +272,7 @@ class OrdersMixin(StoreBase):
     ) -> OrderRecord:
         """`begin_order` with the order built from the locked strategy: one read fewer on the order path.
         A replay finds its order and returns it; `build` and `validate` run only for a new one."""
-        order, _ = await self._begin(strategy_id, workflow_id, build, validate, None)
+        order, _, _ = await self._begin(strategy_id, workflow_id, build, validate, None)
         return order
 
     async def begin_order_and_reserve(
@@ -270,12 +284,15 @@ class OrdersMixin(StoreBase):
         *,
         spacing: timedelta,
         max_wait: timedelta,
-    ) -> tuple[OrderRecord, SendSlot | None]:
+    ) -> tuple[OrderRecord, SendSlot | None, BrokerCredentials | None]:
         """`begin_order_for`, and in the same transaction the account's next send slot (as
         `reserve_send_slot`): the order path's first transaction. When the slot is now, the placement's
         send stamp is set too (as `start_placement`, under the same strategy lock, so an emergency stop
         commits either before the attempt or after the stamp): the caller sends at once, and the
-        order's `placement_sent_at` says so. A replay reserves nothing (slot None)."""
+        order's `placement_sent_at` says so. A replay reserves nothing (slot None).
+
+        The account's credentials come with it, read in the statement that locks the strategy (as
+        `broker_credentials`; None when the account has no usable token, which that read explains)."""
         return await self._begin(
             strategy_id, workflow_id, build, validate, (_microseconds(spacing, "spacing"),
                                                        _microseconds(max_wait, "max_wait"))
@@ -288,7 +305,7 @@ class OrdersMixin(StoreBase):
         build: Callable[[StrategyRecord], NewOrder],
         validate: Callable[[StrategyRecord], None],
         pacing: tuple[int, int] | None,
-    ) -> tuple[OrderRecord, SendSlot | None]:
+    ) -> tuple[OrderRecord, SendSlot | None, BrokerCredentials | None]:
         workflow_id = _workflow_id(workflow_id)
         now = utc_now()
         try:
@@ -302,6 +319,7 @@ class OrdersMixin(StoreBase):
                 if locked is None:
                     raise StrategyNotFound(strategy_id)
                 strategy = LockedRow.of(STRATEGIES, locked)
+                credentials = self._credentials_in(locked)
                 if locked["existing_order_id"] is not None:  # a replay
                     existing = (
                         await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})
@@ -311,7 +329,7 @@ class OrdersMixin(StoreBase):
                             f"workflow {workflow_id!r} already holds an order of strategy "
                             f"{existing['strategy_id']}, not {strategy.id}"
                         )
-                    return to_record(OrderRecord, LockedRow(ORDERS, existing)), None
+                    return to_record(OrderRecord, LockedRow(ORDERS, existing)), None, credentials
                 validate(strategy_record(strategy))
                 new = _checked_new_order(build(strategy_record(strategy)))
                 if (new.strategy_id, new.workflow_id) != (strategy.id, workflow_id):
@@ -407,9 +425,19 @@ class OrdersMixin(StoreBase):
                         strategy.status = StrategyStatus.SL_TRIGGERED
                 strategy.updated_at = now
                 await write_back(conn, strategy)
-                return to_record(OrderRecord, order), slot
+                return to_record(OrderRecord, order), slot, credentials
         except IntegrityError as exc:
             raise InvalidInput(f"workflow {workflow_id!r} already holds an order of another strategy") from exc
+
+    def _credentials_in(self, locked: RowMapping) -> BrokerCredentials | None:
+        """The credentials of the strategy's account, from `_STRATEGY_FOR_BEGIN`'s row."""
+        try:
+            return self._credentials(
+                locked["broker_account_id"], locked["account_broker"], locked["account_api_key_encrypted"],
+                locked["account_access_token_encrypted"], locked["account_token_expires_at"],
+            )
+        except CredentialsMissing:
+            return None
 
     async def set_placement_started(self, workflow_id: str, sent_at: datetime | None) -> None:
         """Note that a placement request left for the broker at `sent_at`, or (None) that the last one

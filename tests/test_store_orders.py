@@ -488,3 +488,26 @@ async def test_an_unresolved_order_is_settled_later_from_the_brokers_record(stor
     assert kinds.count("FILL_ADDED") == 1 and kinds.count("SETTLED") == 1
     with pytest.raises(InvalidInput, match="still OPEN"):
         await store.settle_order(order.workflow_id, "OPEN", 10, Decimal("103.00"), FILLED_AT)
+
+
+async def test_the_first_transaction_brings_the_accounts_credentials_or_none_without_a_usable_token(
+    store: Store,
+) -> None:
+    strategy = await seed_strategy(store)
+    pacing = {"spacing": timedelta(milliseconds=100), "max_wait": timedelta(seconds=30)}
+    first = new_order(strategy, workflow_id="order:1:1:entry/run-a")
+    order, slot, credentials = await store.begin_order_and_reserve(
+        strategy.id, first.workflow_id, lambda _: first, accept, **pacing
+    )
+    assert slot is not None and slot.granted
+    assert credentials == await store.broker_credentials(strategy.broker_account_id)
+    assert (credentials.api_key, credentials.access_token) == ("kite-api-key", "kite-token")
+    # A replay brings them too.
+    again, no_slot, same = await store.begin_order_and_reserve(
+        strategy.id, first.workflow_id, lambda _: first, accept, **pacing
+    )
+    assert (again, no_slot, same) == (order, None, credentials)
+
+    await store.set_access_token(strategy.broker_account_id, "kite-token", T0)  # expired long ago
+    *_, expired = await store.begin_order_and_reserve(strategy.id, first.workflow_id, lambda _: first, accept, **pacing)
+    assert expired is None
