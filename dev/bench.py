@@ -7,8 +7,9 @@ and start options. Every figure of the engine is printed beside the floor's, mea
 1. steady: ORDERS orders with at most CONCURRENCY in flight: CPU milliseconds per order of every process
    (read from /proc: the dev server, each worker process and its Python main thread, the PostgreSQL
    backends of the bench's database, the paper broker), orders per second, their ratio to the floor's;
-   the SQL statements and transactions per order (an SQLAlchemy event hook on the in-process worker's
-   store) and the history events per order;
+   the history events per order; then the SQL statements and transactions per order, counted by an
+   SQLAlchemy event hook on the in-process worker's store in a run of COUNTED orders of its own (the
+   hook's own cost stays out of the steady run's CPU figures);
 2. burst: BURST orders started at once, as 1,000 strategies entering at 09:15:00 do: activity retries,
    heartbeat timeouts and workflow-task timeouts counted from every workflow's history, eager starts
    accepted, trigger → broker p50/p99;
@@ -180,6 +181,9 @@ def cpu_delta(before: dict[str, float], after: dict[str, float], orders: int) ->
 
 # SQL statements of the in-process worker's store
 
+# Orders of the run whose statements are counted (after the steady run, at the same concurrency).
+COUNTED_ORDERS = 200
+
 STATEMENT_SHAPE = re.compile(r"^\s*(SELECT|INSERT INTO|UPDATE|DELETE FROM)\b", re.IGNORECASE)
 TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", re.IGNORECASE)
 
@@ -203,30 +207,26 @@ def statement_kind(statement: str) -> str:
 class SqlCounter:
     statements: Counter[str] = field(default_factory=Counter)
     transactions: int = 0
-    counting: bool = False
-
-    def attach(self, store: Store) -> None:
-        engine = store.engine.sync_engine
-
-        @event.listens_for(engine, "before_cursor_execute")
-        def _statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if self.counting:
-                self.statements[statement_kind(statement)] += 1
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            if self.counting:
-                self.transactions += 1
 
     @contextmanager
-    def measuring(self) -> Iterator[None]:
-        self.statements.clear()
-        self.transactions = 0
-        self.counting = True
+    def counting(self, store: Store) -> Iterator[None]:
+        """Count the store's statements and transactions in the block; the hooks are gone after it
+        (SQLAlchemy's event dispatch costs every statement while any hook is attached)."""
+        engine = store.engine.sync_engine
+
+        def statement(conn: Any, cursor: Any, text: str, *args: Any) -> None:
+            self.statements[statement_kind(text)] += 1
+
+        def begin(conn: Any) -> None:
+            self.transactions += 1
+
+        event.listen(engine, "before_cursor_execute", statement)
+        event.listen(engine, "begin", begin)
         try:
             yield
         finally:
-            self.counting = False
+            event.remove(engine, "before_cursor_execute", statement)
+            event.remove(engine, "begin", begin)
 
 
 @contextmanager
@@ -651,13 +651,16 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         await procs.pg_backends()  # its connection made before the run
         stack = Stack(settings, store, paper_url, control, temporal, client, database_url, secret_key, procs)
         sql = SqlCounter()
-        sql.attach(store)
+        counted = min(COUNTED_ORDERS, args.orders)
 
-        print(f"seeding {args.accounts} accounts and {args.orders + args.burst} strategies ...", flush=True)
+        print(f"seeding {args.accounts} accounts and {args.orders + counted + args.burst} strategies ...",
+              flush=True)
         seeder = Seeder(stack)
         accounts = await seeder.accounts(args.accounts, "tp")
-        strategies = await seeder.strategies(accounts, args.orders + args.burst)
-        steady_strategies, burst_strategies = strategies[: args.orders], strategies[args.orders:]
+        strategies = await seeder.strategies(accounts, args.orders + counted + args.burst)
+        steady_strategies = strategies[: args.orders]
+        counted_strategies = strategies[args.orders: args.orders + counted]
+        burst_strategies = strategies[args.orders + counted:]
 
         # The floor, then the engine: each with its own workers, on the same server.
         floor_queue = f"bench-floor-{run}"
@@ -687,14 +690,18 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         starter = OrderStarter(client, store, settings)
         misses = SlotMisses.installed()
         async with worker:
-            with sql.measuring(), profiled(args.profile):
+            with profiled(args.profile):
                 steady = await measured_run(stack, engine_starter(starter, steady_strategies), args.orders,
                                             args.concurrency)
-            statements, transactions = Counter(sql.statements), sql.transactions
             steady_misses, misses.count = misses.count, 0
             assert all(r.filled_quantity == 1 for r in steady.results)
             print(f"   engine {steady.rate:.1f}/s, {steady.cpu_per_order['all processes']} CPU ms per order",
                   flush=True)
+            with sql.counting(store):
+                counted_run = await measured_run(stack, engine_starter(starter, counted_strategies), counted,
+                                                 args.concurrency)
+            assert all(r.filled_quantity == 1 for r in counted_run.results)
+            misses.count = 0
             burst = None
             if args.burst:
                 print(f"burst: {args.burst} BUYs started at once ...", flush=True)
@@ -743,9 +750,10 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "history": floor_history, "eager_starts": floor.eager},
             "cpu_ratio": round(steady.cpu_per_order["all processes"] / floor.cpu_per_order["all processes"], 2),
             "rate_ratio": round(steady.rate / floor.rate, 2),
-            "sql_statements_per_order": round(sum(statements.values()) / n, 2),
-            "sql_transactions_per_order": round(transactions / n, 2),
-            "sql_statements": {k: round(v / n, 2) for k, v in statements.most_common()},
+            "sql_counted_orders": counted,
+            "sql_statements_per_order": round(sum(sql.statements.values()) / counted, 2),
+            "sql_transactions_per_order": round(sql.transactions / counted, 2),
+            "sql_statements": {k: round(v / counted, 2) for k, v in sql.statements.most_common()},
         },
         "sl_trigger_to_broker_ms": summary(engine_ms),
         "direct_call_ms": summary(direct_ms),
