@@ -8,9 +8,10 @@ import traceback
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from kiteconnect import KiteConnect
 
 from brokers.base import BrokerOrder, OrderRequest
 from brokers.errors import (
@@ -299,7 +300,7 @@ def connections_made(*brokers: KiteBroker, url: str) -> int:
     pools = {
         id(pool): pool
         for broker in brokers
-        for manager in [broker._client.reqsession.get_adapter(url).poolmanager]
+        for manager in [cast(KiteConnect, broker._client).reqsession.get_adapter(url).poolmanager]
         for pool in (manager.pools[key] for key in manager.pools.keys())
     }
     return sum(pool.num_connections for pool in pools.values())
