@@ -814,6 +814,8 @@ def report(results: dict[str, Any]) -> None:
         e, f = burst["engine"], burst["floor"]
         print(f"\nburst: {burst['orders']} started at once{'':11}{'engine':>10}{'floor':>10}")
         print(f"{'orders per second':44}{e['orders_per_second']:>10}{f['orders_per_second']:>10}")
+        print(f"{'CPU ms per order, all processes':44}{e['cpu_ms_per_order']['all processes']:>10}"
+              f"{f['cpu_ms_per_order']['all processes']:>10}")
         print(f"{'eager starts accepted':44}{e['eager_starts']:>10}{f['eager_starts']:>10}")
         for key in ("activity retries", "heartbeat timeouts", "activity timeouts", "workflow task timeouts",
                     "· waiting on the sticky queue", "· running on the worker", "workflow task failures",
@@ -865,6 +867,9 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{h['workflow task timeouts']} workflow-task timeouts")
         rows += [
             (f"{burst['orders']} started at once: orders/s", be["orders_per_second"], bf["orders_per_second"], ""),
+            ("· CPU ms per order, all processes", be["cpu_ms_per_order"]["all processes"],
+             bf["cpu_ms_per_order"]["all processes"],
+             f"{be['cpu_ms_per_order']['all processes'] / bf['cpu_ms_per_order']['all processes']:.2f} ×"),
             ("· eager starts accepted", be["eager_starts"], bf["eager_starts"], ""),
             ("· retries and timeouts", faults(he), faults(hf), ""),
             ("· send slots missed and taken again (the bench process's worker)", be["send_slots_missed"], "—", ""),
