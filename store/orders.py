@@ -94,7 +94,6 @@ _RECORD_PLACEMENT = (
     .values(status=case((ORDERS.c.status == ORDER_STATUS_NEW, ORDER_STATUS_PLACED), else_=ORDERS.c.status))
     .returning(*ORDERS.c)
 )
-# The strategy, locked, and whether an order of `workflow_id` exists already (a replay): one statement.
 # The strategy, locked; whether its order exists already (a replay); its account's credentials.
 _STRATEGY_FOR_BEGIN = (
     select(
