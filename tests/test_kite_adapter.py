@@ -593,6 +593,7 @@ class ScriptedKite:
     def __init__(self) -> None:
         self.actions: list[Callable[[BaseHTTPRequestHandler], None]] = []
         self.requests: list[tuple[str, str, dict[str, list[str]], str | None]] = []
+        self.cookies: list[str | None] = []  # each request's Cookie header
         self.release = threading.Event()
         scripted = self
 
@@ -607,6 +608,7 @@ class ScriptedKite:
                 body = self.rfile.read(length).decode() if length else ""
                 scripted.requests.append((self.command, self.path, parse_qs(body),
                                           self.headers.get("authorization")))
+                scripted.cookies.append(self.headers.get("cookie"))
                 scripted.actions.pop(0)(self)
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
@@ -623,11 +625,15 @@ class ScriptedKite:
         self.server.server_close()
 
 
-def answer(status: int, body: bytes, content_type: str | None = "application/json") -> Callable[..., None]:
+def answer(
+    status: int, body: bytes, content_type: str | None = "application/json", *, cookie: str | None = None
+) -> Callable[..., None]:
     def respond(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(status)
         if content_type:
             handler.send_header("Content-Type", content_type)
+        if cookie:
+            handler.send_header("Set-Cookie", cookie)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
@@ -678,6 +684,21 @@ async def test_real_client_sends_kite_form_with_string_prices(
     assert form["trigger_price"] == ["2499.90"] and form["market_protection"] == ["-1"]
     assert form["tag"] == ["t1"] and form["quantity"] == ["10"]
     assert authorization == f"token {API_KEY}:{ACCESS_TOKEN}"
+
+
+async def test_accounts_sharing_a_factorys_session_never_send_each_other_a_cookie(scripted: ScriptedKite) -> None:
+    factory = KiteBrokerFactory(Settings(kite_root=scripted.url, broker_http_timeout_seconds=1.0))
+    empty_book = b'{"status": "success", "data": []}'
+    scripted.actions += [answer(200, empty_book, cookie="session=first-account; Path=/"), answer(200, empty_book)]
+    try:
+        assert await factory.for_credentials(API_KEY, ACCESS_TOKEN).orders() == []
+        assert await factory.for_credentials("other_key", "other_token").orders() == []
+    finally:
+        factory.close()
+    assert [authorization for *_, authorization in scripted.requests] == [
+        f"token {API_KEY}:{ACCESS_TOKEN}", "token other_key:other_token"
+    ]
+    assert scripted.cookies == [None, None]
 
 
 async def test_real_read_timeout_is_ambiguous(scripted: ScriptedKite, real_broker: KiteBroker) -> None:
