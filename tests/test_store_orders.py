@@ -182,7 +182,9 @@ async def test_placement_is_recorded_once_and_a_second_broker_order_is_a_conflic
     events = await store.order_events(order.workflow_id)
     assert await store.record_placement(order.workflow_id, "250101000001", T0, adopted=True) == placed
     assert await store.order_events(order.workflow_id) == events
-    assert events[-1].event_type == "ADOPTED"
+    assert [event.event_type for event in events] == ["ATTEMPTED", "ADOPTED"]
+    assert events[-1].data == {"broker_order_id": "250101000001", "placed_at": T0.isoformat()}
+    assert events[-1].created_at == placed.updated_at
 
     with pytest.raises(PlacementConflict, match="check the broker's order book for a duplicate"):
         await store.record_placement(order.workflow_id, "250101000002", T0, adopted=False)
