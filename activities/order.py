@@ -297,6 +297,7 @@ class OrderActivities:
 
         pacing = self.pacer.reservation() if reserve else None
         slot: SendSlot | None = None
+        credentials: BrokerCredentials | None = None
         try:
             if pacing is None:
                 order = await self.store.begin_order_for(intent.strategy_id, request.order_key, build, validate)
@@ -304,8 +305,6 @@ class OrderActivities:
                 order, slot, credentials = await self.store.begin_order_and_reserve(
                     intent.strategy_id, request.order_key, build, validate, spacing=pacing[0], max_wait=pacing[1]
                 )
-                if credentials is not None:  # read with the strategy's lock: `_broker` needs no read of its own
-                    self._credentials[credentials.account_id] = (time.monotonic(), credentials)
             strategy = seen[0] if seen else await self.store.get_strategy(intent.strategy_id)  # a replay
         except (errors.ValidationFailed, StrategyNotFound) as refused:
             raise ApplicationError(str(refused), type=errors.VALIDATION_FAILED, non_retryable=True) from None
@@ -315,6 +314,11 @@ class OrderActivities:
             if failed.retryable:
                 raise
             raise ApplicationError(str(failed), type=errors.VALIDATION_FAILED, non_retryable=True) from None
+        if pacing is not None:  # the account's credentials came with the strategy's lock: fresher than any kept
+            if credentials is None:  # no usable token: `_broker` reads the account and says what to do
+                self._credentials.pop(strategy.broker_account_id, None)
+            else:
+                self._credentials[strategy.broker_account_id] = (time.monotonic(), credentials)
         ticket = OrderTicket(
             order_key=request.order_key,
             strategy_id=order.strategy_id,

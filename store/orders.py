@@ -292,10 +292,11 @@ class OrdersMixin(StoreBase):
 
         The account's credentials come with it, read in the statement that locks the strategy (as
         `broker_credentials`; None when the account has no usable token, which that read explains)."""
-        return await self._begin(
+        order, slot, locked = await self._begin(
             strategy_id, workflow_id, build, validate, (_microseconds(spacing, "spacing"),
                                                        _microseconds(max_wait, "max_wait"))
         )
+        return order, slot, self._credentials_in(locked)  # decrypted after the commit, not under the lock
 
     async def _begin(
         self,
@@ -304,7 +305,9 @@ class OrdersMixin(StoreBase):
         build: Callable[[StrategyRecord], NewOrder],
         validate: Callable[[StrategyRecord], None],
         pacing: tuple[int, int] | None,
-    ) -> tuple[OrderRecord, SendSlot | None, BrokerCredentials | None]:
+    ) -> tuple[OrderRecord, SendSlot | None, RowMapping]:
+        """The attempt (found or recorded), its send slot and the statement's row of the locked strategy
+        with its account's credential columns."""
         workflow_id = _workflow_id(workflow_id)
         now = utc_now()
         try:
@@ -318,7 +321,6 @@ class OrdersMixin(StoreBase):
                 if locked is None:
                     raise StrategyNotFound(strategy_id)
                 strategy = LockedRow.of(STRATEGIES, locked)
-                credentials = self._credentials_in(locked)
                 if locked["existing_order_id"] is not None:  # a replay
                     existing = (
                         await conn.execute(row_by(ORDERS, "workflow_id"), {"key": workflow_id})
@@ -328,7 +330,7 @@ class OrdersMixin(StoreBase):
                             f"workflow {workflow_id!r} already holds an order of strategy "
                             f"{existing['strategy_id']}, not {strategy.id}"
                         )
-                    return to_record(OrderRecord, LockedRow(ORDERS, existing)), None, credentials
+                    return to_record(OrderRecord, LockedRow(ORDERS, existing)), None, locked
                 validate(strategy_record(strategy))
                 new = _checked_new_order(build(strategy_record(strategy)))
                 if (new.strategy_id, new.workflow_id) != (strategy.id, workflow_id):
@@ -424,12 +426,13 @@ class OrdersMixin(StoreBase):
                         strategy.status = StrategyStatus.SL_TRIGGERED
                 strategy.updated_at = now
                 await write_back(conn, strategy)
-                return to_record(OrderRecord, order), slot, credentials
+                return to_record(OrderRecord, order), slot, locked
         except IntegrityError as exc:
             raise InvalidInput(f"workflow {workflow_id!r} already holds an order of another strategy") from exc
 
     def _credentials_in(self, locked: RowMapping) -> BrokerCredentials | None:
-        """The credentials of the strategy's account, from `_STRATEGY_FOR_BEGIN`'s row."""
+        """The credentials of the strategy's account, from `_STRATEGY_FOR_BEGIN`'s row (None without a
+        usable token)."""
         try:
             return self._credentials(
                 locked["broker_account_id"], locked["account_broker"], locked["account_api_key_encrypted"],

@@ -137,3 +137,24 @@ async def test_logout_ends_the_session_at_kite_and_in_the_store(engine: Engine) 
     with pytest.raises(WorkflowFailureError):
         await (await engine.starter.place_buy_order(strategy)).result()
     assert all(order["api_key"] != "daily4" for order in engine.paper.control.orders())
+
+
+async def test_an_entry_right_after_a_logout_in_the_store_is_refused_though_its_token_was_kept(
+    engine: Engine,
+) -> None:
+    # The token stays valid at Kite (only the store forgot it): the worker, which kept it a moment ago
+    # for the first entry, must not send the second with it.
+    _, account_id = await engine.account("daily5")
+    first = await engine.strategy("ITC", quantity=1, api_key="daily5")
+    second = await engine.strategy("TCS", quantity=1, api_key="daily5")
+    assert (await (await engine.starter.place_buy_order(first)).result()).outcome is Outcome.FILLED
+
+    await engine.store.log_out(account_id, "logged out by an operator")
+    refused = await engine.starter.place_buy_order(second)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await refused.result()
+
+    ended = await ended_order_result(refused, failed.value)
+    assert ended is not None and ended.outcome is Outcome.INVALID
+    assert f"log in to Kite for account {account_id}" in (ended.message or "")
+    assert [o["tradingsymbol"] for o in engine.paper.control.orders() if o["api_key"] == "daily5"] == ["ITC"]
