@@ -6,7 +6,10 @@ and start options. Every figure of the engine is printed beside the floor's, mea
 
 1. steady: ORDERS orders with at most CONCURRENCY in flight: CPU milliseconds per order of every process
    (read from /proc: the dev server, each worker process and its Python main thread, the PostgreSQL
-   backends of the bench's database, the paper broker), orders per second, their ratio to the floor's;
+   backends of the bench's database, the paper broker), orders per second, their ratio to the floor's.
+   The floor and the engine take turns, in ROUNDS segments each (floor, engine, engine, floor, ...): this
+   machine's speed drifts within minutes, and two sides measured one after the other would carry the
+   drift into their ratio;
    the history events per order; then the SQL statements and transactions per order, counted by an
    SQLAlchemy event hook on the in-process worker's store in a run of COUNTED orders of its own (the
    hook's own cost stays out of the steady run's CPU figures);
@@ -43,7 +46,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -75,6 +78,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 POLL_INTERVAL = 0.1  # the order follower's poll interval in the bench (seconds)
+WARM_UP = 50  # workflows each side runs before it is measured
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -164,19 +168,25 @@ class Processes:
             await self._admin.close()
 
 
-def cpu_delta(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
-    """CPU ms per order of each group; PostgreSQL backends that began during the run count from zero."""
-    per_order = {}
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU ms of each group between two snapshots; PostgreSQL backends that began between them count
+    from zero."""
+    spent = {}
     for name, value in after.items():
         if name.startswith("pg:"):
             continue
         if name == "postgresql backends":
-            value = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith("pg:"))
-            per_order[name] = round(value / orders, 2)
+            spent[name] = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith("pg:"))
             continue
-        per_order[name] = round((value - before.get(name, 0.0)) / orders, 2)
-    per_order["all processes"] = round(sum(v for k, v in per_order.items() if ": main thread" not in k), 2)
-    return per_order
+        spent[name] = value - before.get(name, 0.0)
+    return spent
+
+
+def per_order(spent: dict[str, float], orders: int) -> dict[str, float]:
+    """CPU ms per order of each group, and of all processes (a main thread is part of its process)."""
+    each = {name: round(value / orders, 2) for name, value in spent.items()}
+    each["all processes"] = round(sum(v for k, v in each.items() if ": main thread" not in k), 2)
+    return each
 
 
 # SQL statements of the in-process worker's store
@@ -229,23 +239,32 @@ class SqlCounter:
             event.remove(engine, "begin", begin)
 
 
-@contextmanager
-def profiled(path: Path | None) -> Iterator[None]:
-    """cProfile of the bench process's main thread (worker 1 and the starter) during the engine's steady
-    run, in CPU time."""
-    if path is None:
-        yield
-        return
-    import cProfile
+class SteadyProfile:
+    """A cProfile of the bench process's main thread (worker 1 and the starter) over the engine's steady
+    segments, in CPU time; nothing without a path."""
 
-    profile = cProfile.Profile(time.thread_time)  # the main thread's CPU time, not wall time spent waiting
-    profile.enable()
-    try:
-        yield
-    finally:
-        profile.disable()
-        profile.dump_stats(path)
-        print(f"   profile written to {path} (python -m pstats {path})", flush=True)
+    def __init__(self, path: Path | None):
+        import cProfile
+
+        self.path = path
+        # The main thread's CPU time, not wall time spent waiting.
+        self.profile = cProfile.Profile(time.thread_time) if path is not None else None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        if self.profile is None:
+            yield
+            return
+        self.profile.enable()
+        try:
+            yield
+        finally:
+            self.profile.disable()
+
+    def write(self) -> None:
+        if self.profile is not None and self.path is not None:
+            self.profile.dump_stats(self.path)
+            print(f"   profile written to {self.path} (python -m pstats {self.path})", flush=True)
 
 
 # The stack
@@ -351,12 +370,15 @@ async def start_extra_workers(stack: Stack, kind: str, task_queue: str, count: i
         if kind == "engine":
             command, ready = [sys.executable, "-c", _ENGINE_WORKER], "ready"
         else:
-            command, ready = [sys.executable, "-m", "dev.bench_floor"], "ready"
+            # Imported, not run as __main__: the sandbox re-imports a workflow's module by its name.
+            command, ready = [sys.executable, "-c", _FLOOR_WORKER], "ready"
         made.append(WorkerProcess(f"{kind} worker {index}", command, worker_env(stack, task_queue), ready))
     for worker in made:
         await worker.wait_ready()
     return made
 
+
+_FLOOR_WORKER = "import asyncio\nfrom dev import bench_floor\nasyncio.run(bench_floor.main())\n"
 
 # apps.worker's main with a line on stdout once it polls (the production worker logs at INFO only).
 _ENGINE_WORKER = """
@@ -381,7 +403,7 @@ Start = Callable[[int], Awaitable[WorkflowHandle[Any, Any]]]
 class RunResult:
     orders: int
     seconds: float
-    cpu_per_order: dict[str, float]
+    cpu_spent: dict[str, float]
     eager: int
     handles: list[WorkflowHandle[Any, Any]]
     started_at: dict[int, float]
@@ -391,9 +413,15 @@ class RunResult:
     def rate(self) -> float:
         return self.orders / self.seconds
 
+    @property
+    def cpu_per_order(self) -> dict[str, float]:
+        return per_order(self.cpu_spent, self.orders)
 
-async def measured_run(stack: Stack, start: Start, count: int, concurrency: int | None) -> RunResult:
-    """`count` workflows, at most `concurrency` in flight (None: all started at once)."""
+
+async def measured_run(stack: Stack, start: Start, count: int, concurrency: int | None, *,
+                       first: int = 0) -> RunResult:
+    """`count` workflows, `start(first)` to `start(first + count - 1)`, at most `concurrency` in flight
+    (None: all started at once)."""
     handles: list[WorkflowHandle[Any, Any] | None] = [None] * count
     results: list[Any] = [None] * count
     started_at: dict[int, float] = {}
@@ -402,7 +430,7 @@ async def measured_run(stack: Stack, start: Start, count: int, concurrency: int 
     async def one(index: int) -> None:
         async with gate:
             started_at[index] = time.time()
-            handle = handles[index] = await start(index)
+            handle = handles[index] = await start(first + index)
             results[index] = await handle.result()
 
     before = await stack.procs.snapshot()
@@ -411,8 +439,77 @@ async def measured_run(stack: Stack, start: Start, count: int, concurrency: int 
     seconds = time.perf_counter() - t0
     after = await stack.procs.snapshot()
     done = [h for h in handles if h is not None]
-    return RunResult(count, seconds, cpu_delta(before, after, count), sum(eagerly_started(h) for h in done),
+    return RunResult(count, seconds, cpu_delta(before, after), sum(eagerly_started(h) for h in done),
                      done, started_at, results)
+
+
+async def quiet(procs: Processes, *, window: float = 0.25, busy_share: float = 0.05, limit: float = 5.0) -> None:
+    """Wait (up to `limit` seconds) until the measured processes together use under `busy_share` of a
+    core over `window` seconds: the server finishes a segment's work (visibility, task cleanup) after
+    its last workflow completes."""
+    deadline = time.monotonic() + limit
+    before = await procs.snapshot()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(window)
+        after = await procs.snapshot()
+        if per_order(cpu_delta(before, after), 1)["all processes"] < busy_share * window * 1000:
+            return
+        before = after
+
+
+def combined(runs: list[RunResult]) -> RunResult:
+    """The segments of one side as one run: their orders, seconds and CPU added up."""
+    spent: Counter[str] = Counter()
+    started_at: dict[int, float] = {}
+    handles: list[WorkflowHandle[Any, Any]] = []
+    results: list[Any] = []
+    for run in runs:
+        spent.update(run.cpu_spent)
+        started_at.update({len(results) + index: at for index, at in run.started_at.items()})
+        handles += run.handles
+        results += run.results
+    return RunResult(sum(r.orders for r in runs), sum(r.seconds for r in runs), dict(spent),
+                     sum(r.eager for r in runs), handles, started_at, results)
+
+
+def segment_sizes(orders: int, rounds: int) -> list[int]:
+    """`orders` in `rounds` segments as equal as can be (the first ones one larger)."""
+    size, rest = divmod(orders, rounds)
+    return [size + (1 if index < rest else 0) for index in range(rounds) if size or index < rest]
+
+
+def alternating(rounds: int) -> list[tuple[str, str]]:
+    """Which side runs first in each round: floor, engine; then engine, floor; and so on (ABBA), so
+    that a machine whose speed drifts steadily through the run costs both sides the same."""
+    return [("floor", "engine") if index % 2 == 0 else ("engine", "floor") for index in range(rounds)]
+
+
+@dataclass
+class Side:
+    """One side of the steady run: how it starts a workflow, and the worker processes that run it."""
+
+    start: Start
+    workers: list[tuple[str, int]]
+    segments: list[RunResult] = field(default_factory=list)
+
+
+async def interleaved_runs(stack: Stack, sides: dict[str, Side], orders: int, rounds: int,
+                           concurrency: int,
+                           during: Callable[[str], AbstractContextManager[None]]) -> dict[str, RunResult]:
+    """The steady run: each side's `orders` in `rounds` segments, the sides taking turns (see
+    `alternating`); each segment's CPU is read while only its side has work. `during(side)` is
+    entered around each segment of that side."""
+    first = 0
+    for size, order in zip(segment_sizes(orders, rounds), alternating(rounds), strict=False):
+        for name in order:
+            side = sides[name]
+            await quiet(stack.procs)  # what the last segment left running is charged to neither side
+            stack.procs.workers[1:] = side.workers
+            with during(name):
+                side.segments.append(await measured_run(stack, side.start, size, concurrency, first=first))
+        first += size
+    stack.procs.workers[1:] = []
+    return {name: combined(side.segments) for name, side in sides.items()}
 
 
 class SlotMisses(logging.Handler):
@@ -598,6 +695,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="worker processes for the engine and for the floor (default 1)")
     parser.add_argument("--orders", type=int, default=int(env("BENCH_THROUGHPUT_ORDERS", "1000")),
                         help="orders of the steady run (default 1000)")
+    parser.add_argument("--rounds", type=int, default=int(env("BENCH_ROUNDS", "2")),
+                        help="segments each side's steady orders run in, the sides taking turns (default 2)")
     parser.add_argument("--concurrency", type=int, default=int(env("BENCH_CONCURRENCY", "100")),
                         help="orders in flight in the steady run (default 100)")
     parser.add_argument("--accounts", type=int, default=int(env("BENCH_THROUGHPUT_ACCOUNTS", "200")),
@@ -614,8 +713,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the engine's steady run (worker 1 and the starter) here")
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.orders < 1 or args.concurrency < 1 or args.accounts < 1:
-        parser.error("--workers, --orders, --concurrency and --accounts must be at least 1")
+    if min(args.workers, args.orders, args.concurrency, args.accounts, args.rounds) < 1:
+        parser.error("--workers, --orders, --rounds, --concurrency and --accounts must be at least 1")
     return args
 
 
@@ -653,48 +752,50 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         sql = SqlCounter()
         counted = min(COUNTED_ORDERS, args.orders)
 
-        print(f"seeding {args.accounts} accounts and {args.orders + counted + args.burst} strategies ...",
+        print(f"seeding {args.accounts} accounts and {WARM_UP + args.orders + counted + args.burst} strategies ...",
               flush=True)
         seeder = Seeder(stack)
         accounts = await seeder.accounts(args.accounts, "tp")
-        strategies = await seeder.strategies(accounts, args.orders + counted + args.burst)
+        strategies = await seeder.strategies(accounts, WARM_UP + args.orders + counted + args.burst)
+        warm_strategies, strategies = strategies[:WARM_UP], strategies[WARM_UP:]
         steady_strategies = strategies[: args.orders]
         counted_strategies = strategies[args.orders: args.orders + counted]
         burst_strategies = strategies[args.orders + counted:]
 
-        # The floor, then the engine: each with its own workers, on the same server.
+        # The floor and the engine on the same server, each with its own workers, taking turns.
         floor_queue = f"bench-floor-{run}"
-        print(f"floor: {args.orders} workflows, ≤{args.concurrency} in flight, {args.workers} worker(s) ...",
-              flush=True)
-        extra = await start_extra_workers(stack, "floor", floor_queue, args.workers)
-        procs.workers[1:] = [(w.name.replace("floor ", ""), w.process.pid) for w in extra]
-        async with floor_worker(client, floor_queue):
-            start = floor_starter(client, settings, floor_queue, run)
-            warm_up = floor_starter(client, settings, floor_queue, run + "w")
-            await measured_run(stack, warm_up, min(50, args.orders), args.concurrency)
-            floor = await measured_run(stack, start, args.orders, args.concurrency)
-            floor_burst = await measured_run(
-                stack, floor_starter(client, settings, floor_queue, run + "b"), args.burst, None
-            ) if args.burst else None
-        for w in extra:
-            w.stop()
-        floor_history = await history_counts(floor.handles[:200])
-        floor_burst_history = await history_counts(floor_burst.handles) if floor_burst else {}
-        print(f"   floor {floor.rate:.1f}/s, {floor.cpu_per_order['all processes']} CPU ms per order", flush=True)
-
-        print(f"engine: {args.orders} BUYs across {args.accounts} accounts, ≤{args.concurrency} in flight ...",
-              flush=True)
-        extra = await start_extra_workers(stack, "engine", settings.task_queue, args.workers)
-        procs.workers[1:] = [(w.name.replace("engine ", ""), w.process.pid) for w in extra]
+        floor_extra = await start_extra_workers(stack, "floor", floor_queue, args.workers)
+        engine_extra = await start_extra_workers(stack, "engine", settings.task_queue, args.workers)
+        extra = floor_extra + engine_extra
         worker, _ = build_worker(client, store, settings)
         starter = OrderStarter(client, store, settings)
         misses = SlotMisses.installed()
-        async with worker:
-            with profiled(args.profile):
-                steady = await measured_run(stack, engine_starter(starter, steady_strategies), args.orders,
-                                            args.concurrency)
+        sides = {
+            "floor": Side(floor_starter(client, settings, floor_queue, run),
+                          [(w.name.replace("floor ", ""), w.process.pid) for w in floor_extra]),
+            "engine": Side(engine_starter(starter, steady_strategies),
+                           [(w.name.replace("engine ", ""), w.process.pid) for w in engine_extra]),
+        }
+
+        profile = SteadyProfile(args.profile)
+
+        def during(side: str) -> AbstractContextManager[None]:
+            return profile.running() if side == "engine" else nullcontext()
+
+        async with floor_worker(client, floor_queue), worker:
+            await measured_run(stack, floor_starter(client, settings, floor_queue, run + "w"), WARM_UP,
+                               args.concurrency)
+            await measured_run(stack, engine_starter(starter, warm_strategies), WARM_UP, args.concurrency)
+            misses.count = 0
+            print(f"steady: {args.orders} floor workflows and {args.orders} engine BUYs across {args.accounts} "
+                  f"accounts, ≤{args.concurrency} in flight, {args.workers} worker(s) each, in {args.rounds} "
+                  f"rounds taking turns ...", flush=True)
+            runs = await interleaved_runs(stack, sides, args.orders, args.rounds, args.concurrency, during)
+            profile.write()
+            floor, steady = runs["floor"], runs["engine"]
             steady_misses, misses.count = misses.count, 0
             assert all(r.filled_quantity == 1 for r in steady.results)
+            print(f"   floor {floor.rate:.1f}/s, {floor.cpu_per_order['all processes']} CPU ms per order", flush=True)
             print(f"   engine {steady.rate:.1f}/s, {steady.cpu_per_order['all processes']} CPU ms per order",
                   flush=True)
             with sql.counting(store):
@@ -702,18 +803,27 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                  args.concurrency)
             assert all(r.filled_quantity == 1 for r in counted_run.results)
             misses.count = 0
-            burst = None
+            burst = floor_burst = None
             if args.burst:
-                print(f"burst: {args.burst} BUYs started at once ...", flush=True)
+                print(f"burst: {args.burst} floor workflows, then {args.burst} BUYs, started at once ...",
+                      flush=True)
+                procs.workers[1:] = sides["floor"].workers
+                floor_burst = await measured_run(
+                    stack, floor_starter(client, settings, floor_queue, run + "b"), args.burst, None
+                )
+                procs.workers[1:] = sides["engine"].workers
                 burst = await measured_run(stack, engine_starter(starter, burst_strategies), args.burst, None)
+                procs.workers[1:] = []
                 assert all(r.filled_quantity == 1 for r in burst.results)
-                print(f"   engine {burst.rate:.1f}/s", flush=True)
+                print(f"   floor {floor_burst.rate:.1f}/s, engine {burst.rate:.1f}/s", flush=True)
             burst_misses = misses.count
             engine_ms: list[float] = []
             direct_ms: list[float] = []
             if args.latency_samples:
                 print(f"latency: {args.latency_samples} stop-loss triggers, one at a time ...", flush=True)
                 engine_ms, direct_ms = await bench_latency(stack, starter, args.latency_samples)
+        floor_history = await history_counts(floor.handles[:200])
+        floor_burst_history = await history_counts(floor_burst.handles) if floor_burst else {}
         for w in extra:
             w.stop()
         extra = []
