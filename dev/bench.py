@@ -11,8 +11,8 @@ and start options. Every figure of the engine is printed beside the floor's, mea
    machine's speed drifts within minutes, and two sides measured one after the other would carry the
    drift into their ratio;
    the history events per order; then the SQL statements and transactions per order, counted by an
-   SQLAlchemy event hook on the in-process worker's store in a run of COUNTED orders of its own (the
-   hook's own cost stays out of the steady run's CPU figures);
+   SQLAlchemy event hook on the in-process worker's store, and its requests to the broker, in a run of
+   COUNTED orders of their own (the counters' own cost stays out of the steady run's CPU figures);
 2. burst: BURST orders started at once, as 1,000 strategies entering at 09:15:00 do: activity retries,
    heartbeat timeouts and workflow-task timeouts counted from every workflow's history, eager starts
    accepted, trigger → broker p50/p99;
@@ -42,6 +42,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -63,6 +64,7 @@ from temporalio.client import Client, WorkflowHandle
 from apps.worker import build_worker
 from brokers.base import OrderRequest
 from brokers.factory import KiteBrokerFactory
+from brokers.kite import KiteBroker
 from brokers.paper.control import SimControl
 from dev.bench_floor import FloorWorkflow, floor_worker
 from dev.devserver import DevServer, free_port
@@ -237,6 +239,29 @@ class SqlCounter:
         finally:
             event.remove(engine, "before_cursor_execute", statement)
             event.remove(engine, "begin", begin)
+
+
+@dataclass
+class BrokerCallCounter:
+    """The in-process worker's requests to the broker, by operation (place_order, orders, ...)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        original = KiteBroker._call_in_thread
+        lock = threading.Lock()
+
+        def counted(broker: KiteBroker, operation: str, call: Callable[[], Any], order_id: str | None) -> Any:
+            with lock:
+                self.calls[operation] += 1
+            return original(broker, operation, call, order_id)
+
+        KiteBroker._call_in_thread = counted  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            KiteBroker._call_in_thread = original  # type: ignore[method-assign]
 
 
 class SteadyProfile:
@@ -750,6 +775,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         await procs.pg_backends()  # its connection made before the run
         stack = Stack(settings, store, paper_url, control, temporal, client, database_url, secret_key, procs)
         sql = SqlCounter()
+        broker_calls = BrokerCallCounter()
         counted = min(COUNTED_ORDERS, args.orders)
 
         print(f"seeding {args.accounts} accounts and {WARM_UP + args.orders + counted + args.burst} strategies ...",
@@ -798,7 +824,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"   floor {floor.rate:.1f}/s, {floor.cpu_per_order['all processes']} CPU ms per order", flush=True)
             print(f"   engine {steady.rate:.1f}/s, {steady.cpu_per_order['all processes']} CPU ms per order",
                   flush=True)
-            with sql.counting(store):
+            with sql.counting(store), broker_calls.counting():
                 counted_run = await measured_run(stack, engine_starter(starter, counted_strategies), counted,
                                                  args.concurrency)
             assert all(r.filled_quantity == 1 for r in counted_run.results)
@@ -864,6 +890,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sql_statements_per_order": round(sum(sql.statements.values()) / counted, 2),
             "sql_transactions_per_order": round(sql.transactions / counted, 2),
             "sql_statements": {k: round(v / counted, 2) for k, v in sql.statements.most_common()},
+            "broker_requests_per_order": round(sum(broker_calls.calls.values()) / counted, 2),
+            "broker_requests": {k: round(v / counted, 2) for k, v in broker_calls.calls.most_common()},
         },
         "sl_trigger_to_broker_ms": summary(engine_ms),
         "direct_call_ms": summary(direct_ms),
@@ -919,6 +947,9 @@ def report(results: dict[str, Any]) -> None:
     row("SQL transactions", steady["sql_transactions_per_order"], None)
     for kind, count in steady["sql_statements"].items():
         print(f"      {kind:40}{count:>8}")
+    row("broker requests", steady["broker_requests_per_order"], None)
+    for kind, count in steady["broker_requests"].items():
+        print(f"      {kind:40}{count:>8}")
     burst = results.get("burst")
     if burst:
         e, f = burst["engine"], burst["floor"]
@@ -965,6 +996,8 @@ def markdown(results: dict[str, Any]) -> str:
          f"{f['history']['events per order']} ({f['history']['regular activities per order']})", ""),
         ("SQL statements (transactions) per order",
          f"{steady['sql_statements_per_order']} ({steady['sql_transactions_per_order']})", "—", ""),
+        ("broker requests per order (order book reads)",
+         f"{steady['broker_requests_per_order']} ({steady['broker_requests'].get('orders', 0)})", "—", ""),
         ("send slots missed and taken again", e.get("send_slots_missed", 0), "—", ""),
     ]
     burst = results.get("burst")

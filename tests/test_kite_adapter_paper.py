@@ -315,3 +315,52 @@ async def test_a_netrc_entry_for_the_brokers_host_does_not_replace_the_token(
     monkeypatch.setenv("NETRC", str(netrc))
     order_id = await broker.place_order(market_buy("NETRC1"))
     assert (await follow(broker, order_id)).status == "COMPLETE"
+
+
+async def test_the_environments_proxy_and_ca_settings_are_read_once_per_host_not_per_request(
+    paper: PaperBrokerServer, broker: KiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import requests.sessions
+
+    reads: list[str] = []
+    read = requests.sessions.get_environ_proxies
+
+    def counted(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        reads.append(url)
+        return read(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
+    for index in range(3):
+        order_id = await broker.place_order(market_buy(f"ENV{index}"))
+        assert (await broker.order_status(order_id)).order_id == order_id
+    assert len(reads) == 1  # six requests to one host
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {},
+        {"HTTP_PROXY": "http://proxy.example:3128", "HTTPS_PROXY": "http://proxy.example:3129"},
+        {"HTTP_PROXY": "http://proxy.example:3128", "NO_PROXY": "127.0.0.1,localhost"},
+        {"REQUESTS_CA_BUNDLE": "/etc/corporate/ca.pem"},
+        {"CURL_CA_BUNDLE": "/etc/curl/ca.pem", "https_proxy": "http://proxy.example:3129"},
+    ],
+)
+def test_the_kite_session_merges_the_environment_as_requests_itself_does(
+    environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import requests
+
+    from brokers.kite import kite_session
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    for url in ("http://127.0.0.1:8700/orders", "https://api.kite.trade/orders/regular"):
+        # kiteconnect's arguments: its own (empty) proxies, verify=True, no stream, no client cert.
+        expected = requests.Session().merge_environment_settings(url, {}, None, True, None)
+        session = kite_session(2)
+        assert session.merge_environment_settings(url, {}, None, True, None) == expected
+        assert session.merge_environment_settings(url, {}, None, True, None) == expected  # from the cache
