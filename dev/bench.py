@@ -265,7 +265,7 @@ class BrokerCallCounter:
 
 
 class SteadyProfile:
-    """A cProfile of the bench process's main thread (worker 1 and the starter) over the engine's steady
+    """A cProfile of the bench process's main thread (worker 1 and the starter) over one side's steady
     segments, in CPU time; nothing without a path."""
 
     def __init__(self, path: Path | None):
@@ -737,6 +737,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave out the tick → order run of dev/bench_ticks.py")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the engine's steady run (worker 1 and the starter) here")
+    parser.add_argument("--profile-side", choices=("engine", "floor"), default="engine",
+                        help="the side whose steady segments --profile covers (default engine)")
     args = parser.parse_args(argv)
     if min(args.workers, args.orders, args.concurrency, args.accounts, args.rounds) < 1:
         parser.error("--workers, --orders, --rounds, --concurrency and --accounts must be at least 1")
@@ -806,7 +808,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         profile = SteadyProfile(args.profile)
 
         def during(side: str) -> AbstractContextManager[None]:
-            return profile.running() if side == "engine" else nullcontext()
+            return profile.running() if side == args.profile_side else nullcontext()
 
         async with floor_worker(client, floor_queue), worker:
             await measured_run(stack, floor_starter(client, settings, floor_queue, run + "w"), WARM_UP,
