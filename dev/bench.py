@@ -520,10 +520,13 @@ class Side:
 
 async def interleaved_runs(stack: Stack, sides: dict[str, Side], orders: int, rounds: int,
                            concurrency: int,
-                           during: Callable[[str], AbstractContextManager[None]]) -> dict[str, RunResult]:
+                           during: Callable[[str], AbstractContextManager[None]],
+                           ) -> tuple[dict[str, RunResult], list[tuple[str, RunResult]]]:
     """The steady run: each side's `orders` in `rounds` segments, the sides taking turns (see
     `alternating`); each segment's CPU is read while only its side has work. `during(side)` is
-    entered around each segment of that side."""
+    entered around each segment of that side. Answers each side's segments as one run, and the
+    segments in the order they ran."""
+    timeline: list[tuple[str, RunResult]] = []
     first = 0
     for size, order in zip(segment_sizes(orders, rounds), alternating(rounds), strict=False):
         for name in order:
@@ -532,9 +535,10 @@ async def interleaved_runs(stack: Stack, sides: dict[str, Side], orders: int, ro
             stack.procs.workers[1:] = side.workers
             with during(name):
                 side.segments.append(await measured_run(stack, side.start, size, concurrency, first=first))
+            timeline.append((name, side.segments[-1]))
         first += size
     stack.procs.workers[1:] = []
-    return {name: combined(side.segments) for name, side in sides.items()}
+    return {name: combined(side.segments) for name, side in sides.items()}, timeline
 
 
 class SlotMisses(logging.Handler):
@@ -818,7 +822,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"steady: {args.orders} floor workflows and {args.orders} engine BUYs across {args.accounts} "
                   f"accounts, ≤{args.concurrency} in flight, {args.workers} worker(s) each, in {args.rounds} "
                   f"rounds taking turns ...", flush=True)
-            runs = await interleaved_runs(stack, sides, args.orders, args.rounds, args.concurrency, during)
+            runs, timeline = await interleaved_runs(stack, sides, args.orders, args.rounds, args.concurrency,
+                                                    during)
             profile.write()
             floor, steady = runs["floor"], runs["engine"]
             steady_misses, misses.count = misses.count, 0
@@ -888,6 +893,12 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "history": floor_history, "eager_starts": floor.eager},
             "cpu_ratio": round(steady.cpu_per_order["all processes"] / floor.cpu_per_order["all processes"], 2),
             "rate_ratio": round(steady.rate / floor.rate, 2),
+            "segments": [
+                {"side": side, "orders": run.orders, "orders_per_second": round(run.rate, 1),
+                 "cpu_ms_per_order": run.cpu_per_order["all processes"],
+                 "server_cpu_ms_per_order": run.cpu_per_order["temporal dev server"]}
+                for side, run in timeline
+            ],
             "sql_counted_orders": counted,
             "sql_statements_per_order": round(sum(sql.statements.values()) / counted, 2),
             "sql_transactions_per_order": round(sql.transactions / counted, 2),
@@ -940,6 +951,9 @@ def report(results: dict[str, Any]) -> None:
         if name != "all processes":
             row(f"  · {name}", cpu_e[name], cpu_f.get(name))
     row("orders per second", engine["orders_per_second"], floor["orders_per_second"])
+    print("  segments in the order they ran (side: orders/s, CPU ms per order, of it the server's):")
+    print("    " + "; ".join(f"{s['side']} {s['orders_per_second']}/s {s['cpu_ms_per_order']} "
+                             f"({s['server_cpu_ms_per_order']})" for s in steady["segments"]))
     row("history events", engine["history"]["events per order"], floor["history"]["events per order"])
     row("  · regular activities", engine["history"]["regular activities per order"],
         floor["history"]["regular activities per order"])
