@@ -24,6 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import dateutil.parser
 import requests
 import urllib3.exceptions
 from kiteconnect import KiteConnect
@@ -178,6 +179,41 @@ def _header_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
+# The fields kiteconnect 5.2's `_format_response` turns from Kite's `YYYY-MM-DD HH:MM:SS` into datetimes.
+_KITE_TIMESTAMP_FIELDS = (
+    "order_timestamp", "exchange_timestamp", "created", "last_instalment", "fill_timestamp", "timestamp",
+    "last_trade_time",
+)
+
+
+class _KiteConnect(KiteConnect):
+    """kiteconnect's client, its answers' timestamps read by `datetime.fromisoformat`.
+
+    The client hands each one to dateutil's general parser: about 90 µs here, two per order on every
+    read of the order book, so an afternoon's book of a few hundred orders cost tens of milliseconds of
+    a worker's CPU per poll. `fromisoformat` gives the same naive datetime in well under a microsecond;
+    a value it cannot read still goes to the client's own parser.
+    """
+
+    def _format_response(self, data: Any) -> Any:
+        if type(data) is not list and type(data) is not dict:
+            return super()._format_response(data)
+        rows: list[Any] = data if type(data) is list else [data]
+        for item in rows:
+            for name in _KITE_TIMESTAMP_FIELDS:
+                value = item.get(name)
+                if value and len(value) == 19:
+                    item[name] = _kite_time(value)
+        return data
+
+
+def _kite_time(value: str) -> Any:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return dateutil.parser.parse(value)
+
+
 class _KiteSession(requests.Session):
     """A session that reads the environment's proxy and CA-bundle settings once per host.
 
@@ -279,7 +315,7 @@ class KiteBroker:
             session.close()
 
     def _build_client(self, session: requests.Session | None) -> KiteClient:
-        client = KiteConnect(self.api_key, access_token=self._access_token, root=self.root,
+        client = _KiteConnect(self.api_key, access_token=self._access_token, root=self.root,
                              timeout=self.timeout)
         client.reqsession.close()
         client.reqsession = session if session is not None else kite_session(MAX_CONCURRENT_CALLS)

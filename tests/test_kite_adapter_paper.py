@@ -364,3 +364,50 @@ def test_the_kite_session_merges_the_environment_as_requests_itself_does(
         session = kite_session(2)
         assert session.merge_environment_settings(url, {}, None, True, None) == expected
         assert session.merge_environment_settings(url, {}, None, True, None) == expected  # from the cache
+
+
+def kite_answer() -> list[dict[str, Any]]:
+    """Rows as Kite sends them: every timestamp field kiteconnect converts, in its format and not."""
+    from brokers.kite import _KITE_TIMESTAMP_FIELDS
+
+    row: dict[str, Any] = {name: "2021-05-31 09:18:57" for name in _KITE_TIMESTAMP_FIELDS}
+    return [
+        row,
+        {**row, "order_timestamp": "31-05-2021 09:18:57", "exchange_timestamp": "2021-05-31T09:15:38"},
+        {**row, "order_timestamp": None, "exchange_timestamp": "", "fill_timestamp": "2021-05-31",
+         "timestamp": "2021-05-31 09:18:57.123456", "exchange_update_timestamp": "2021-05-31 09:18:58"},
+    ]
+
+
+def test_the_clients_timestamps_read_as_kiteconnect_itself_reads_them() -> None:
+    from brokers.kite import _KiteConnect
+
+    ours, theirs = _KiteConnect("key"), KiteConnect("key")
+    assert ours._format_response(kite_answer()) == theirs._format_response(kite_answer())
+    assert ours._format_response(kite_answer()[1]) == theirs._format_response(kite_answer()[1])  # one order
+    assert ours._format_response(kite_answer())[1]["order_timestamp"].day == 31  # dateutil's reading, day first
+
+
+async def test_the_order_book_through_the_adapter_is_kiteconnects_own_reading_of_it_without_dateutil(
+    broker: KiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dateutil.parser
+
+    for index in range(3):
+        await follow(broker, await broker.place_order(market_buy(f"TIME{index}")))
+    client = cast(KiteConnect, broker._client)
+    raw = client._get("orders")
+    assert all(isinstance(row["order_timestamp"], str) for row in raw)
+    expected = KiteConnect._format_response(client, client._get("orders"))
+    parsed: list[str] = []
+    parse = dateutil.parser.parse
+
+    def counted(text: str, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(text)
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(dateutil.parser, "parse", counted)
+    assert client.orders() == expected
+    book = await broker.orders()
+    assert len(book) == 3 and all(order.order_timestamp is not None for order in book)
+    assert parsed == []  # every timestamp was Kite's own format
