@@ -295,6 +295,7 @@ class KiteBroker:
         self._access_token = access_token
         self._pacer = OrderPacer(orders_per_second) if orders_per_second else None
         self._closed = False
+        self._book_rows: dict[Any, tuple[Mapping[str, Any], BrokerOrder]] = {}
         # A factory shares one pool among its brokers: hundreds of accounts must not mean thousands of threads.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="kite")
@@ -354,9 +355,21 @@ class KiteBroker:
         """Today's order book: the latest state of every order, in the broker's order."""
 
         def book() -> list[BrokerOrder]:
-            return [order_from_kite(row) for row in _rows(self._client.orders())]
+            return self._book_of(_rows(self._client.orders()))
 
         return await self._call("orders", book)
+
+    def _book_of(self, rows: Sequence[Mapping[str, Any]]) -> list[BrokerOrder]:
+        """The book's orders; a row that has not changed since the last read keeps its conversion (an
+        account's book grows all day, and most of its rows are finished orders that never change)."""
+        kept, fresh, book = self._book_rows, {}, []
+        for row in rows:
+            seen = kept.get(row.get("order_id"))
+            order = seen[1] if seen is not None and seen[0] == row else order_from_kite(row)
+            fresh[row.get("order_id")] = (row, order)
+            book.append(order)
+        self._book_rows = fresh  # a book read at the same time on another thread may replace it: only a cache
+        return book
 
     async def find_orders_by_tag(self, tag: str) -> list[BrokerOrder]:
         """Every order of today's book that carries `tag`, oldest first."""

@@ -411,3 +411,32 @@ async def test_the_order_book_through_the_adapter_is_kiteconnects_own_reading_of
     book = await broker.orders()
     assert len(book) == 3 and all(order.order_timestamp is not None for order in book)
     assert parsed == []  # every timestamp was Kite's own format
+
+
+async def test_an_order_book_read_converts_only_the_rows_that_changed_since_the_last(
+    broker: KiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import brokers.kite
+
+    resting = [
+        await broker.place_order(market_buy(f"BOOK{index}", order_type="LIMIT", price=Decimal("2400.05"),
+                                            market_protection=None))
+        for index in range(3)
+    ]
+    converted: list[str] = []
+    convert = brokers.kite.order_from_kite
+
+    def counted(row: Any) -> BrokerOrder:
+        converted.append(str(row["order_id"]))
+        return convert(row)
+
+    monkeypatch.setattr(brokers.kite, "order_from_kite", counted)
+    first = await broker.orders()
+    assert sorted(converted) == sorted(resting)
+    converted.clear()
+    await broker.cancel_order(resting[1])
+    second = await broker.orders()
+    assert converted == [resting[1]]  # the two untouched rows kept their reading
+    assert {o.order_id: o.status for o in second} == {resting[0]: "OPEN", resting[1]: "CANCELLED", resting[2]: "OPEN"}
+    assert [o.order_id for o in second] == [o.order_id for o in first]
+    assert second[0] == first[0] and second[0].raw == first[0].raw
