@@ -217,9 +217,9 @@ def _kite_time(value: str) -> Any:
 class _KiteSession(requests.Session):
     """A session that reads the environment's proxy and CA-bundle settings once per host.
 
-    requests reads them on every request, scanning every environment variable twice for *_proxy: over
-    a third of a Kite call's CPU on a host with a long environment (a Kubernetes pod's service
-    variables). They are read at the first request to a host; a change takes a restart.
+    requests reads them on every request, scanning every environment variable twice for *_proxy: a
+    quarter of a Kite call's CPU here, more on a host with a long environment (a Kubernetes pod's
+    service variables). They are read at the first request to a host; a change takes a restart.
     """
 
     def __init__(self) -> None:

@@ -395,15 +395,12 @@ async def start_extra_workers(stack: Stack, kind: str, task_queue: str, count: i
         if kind == "engine":
             command, ready = [sys.executable, "-c", _ENGINE_WORKER], "ready"
         else:
-            # Imported, not run as __main__: the sandbox re-imports a workflow's module by its name.
-            command, ready = [sys.executable, "-c", _FLOOR_WORKER], "ready"
+            command, ready = [sys.executable, "-m", "dev.bench_floor"], "ready"
         made.append(WorkerProcess(f"{kind} worker {index}", command, worker_env(stack, task_queue), ready))
     for worker in made:
         await worker.wait_ready()
     return made
 
-
-_FLOOR_WORKER = "import asyncio\nfrom dev import bench_floor\nasyncio.run(bench_floor.main())\n"
 
 # apps.worker's main with a line on stdout once it polls (the production worker logs at INFO only).
 _ENGINE_WORKER = """

@@ -66,4 +66,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The sandbox re-imports a workflow's module by its name: run the imported module's worker, not
+    # __main__'s (whose FloorWorkflow the sandbox cannot find).
+    from dev import bench_floor
+
+    asyncio.run(bench_floor.main())
