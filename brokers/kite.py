@@ -364,9 +364,10 @@ class KiteBroker:
         account's book grows all day, and most of its rows are finished orders that never change)."""
         kept, fresh, book = self._book_rows, {}, []
         for row in rows:
-            seen = kept.get(row.get("order_id"))
+            key = row.get("order_id")
+            seen = kept.get(key)
             order = seen[1] if seen is not None and seen[0] == row else order_from_kite(row)
-            fresh[row.get("order_id")] = (row, order)
+            fresh[key] = (row, order)
             book.append(order)
         self._book_rows = fresh  # a book read at the same time on another thread may replace it: only a cache
         return book

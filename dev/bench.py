@@ -184,10 +184,15 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return spent
 
 
+def all_processes(spent: dict[str, float]) -> float:
+    """The groups' CPU added up; a main thread is part of its process, not counted again."""
+    return sum(value for name, value in spent.items() if ": main thread" not in name)
+
+
 def per_order(spent: dict[str, float], orders: int) -> dict[str, float]:
-    """CPU ms per order of each group, and of all processes (a main thread is part of its process)."""
+    """CPU ms per order of each group, and of all processes."""
     each = {name: round(value / orders, 2) for name, value in spent.items()}
-    each["all processes"] = round(sum(v for k, v in each.items() if ": main thread" not in k), 2)
+    each["all processes"] = round(all_processes(each), 2)
     return each
 
 
@@ -474,7 +479,7 @@ async def quiet(procs: Processes, *, window: float = 0.25, busy_share: float = 0
     while time.monotonic() < deadline:
         await asyncio.sleep(window)
         after = await procs.snapshot()
-        if per_order(cpu_delta(before, after), 1)["all processes"] < busy_share * window * 1000:
+        if all_processes(cpu_delta(before, after)) < busy_share * window * 1000:
             return
         before = after
 
@@ -512,7 +517,6 @@ class Side:
 
     start: Start
     workers: list[tuple[str, int]]
-    segments: list[RunResult] = field(default_factory=list)
 
 
 async def interleaved_runs(stack: Stack, sides: dict[str, Side], orders: int, rounds: int,
@@ -531,11 +535,11 @@ async def interleaved_runs(stack: Stack, sides: dict[str, Side], orders: int, ro
             await quiet(stack.procs)  # what the last segment left running is charged to neither side
             stack.procs.workers[1:] = side.workers
             with during(name):
-                side.segments.append(await measured_run(stack, side.start, size, concurrency, first=first))
-            timeline.append((name, side.segments[-1]))
+                timeline.append((name, await measured_run(stack, side.start, size, concurrency, first=first)))
         first += size
     stack.procs.workers[1:] = []
-    return {name: combined(side.segments) for name, side in sides.items()}, timeline
+    runs = {name: combined([run for ran, run in timeline if ran == name]) for name in sides}
+    return runs, timeline
 
 
 class SlotMisses(logging.Handler):
